@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what vmwarden needs on a Debian 12 host (libvirt and QEMU from the same
+# backports suite as the shipped qemu-utils) and starts virtlogd and libvirtd when
+# they are not running (PID 1 may not be systemd). Idempotent.
+set -euo pipefail
+
+pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 pkg-config)
+sources=/etc/apt/sources.list.d/debian.sources
+
+need_install=0
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_install=1
+done
+for t in sqlite3 python3 socat; do command -v "$t" >/dev/null || need_install=1; done
+
+if [ "$need_install" = 1 ]; then
+  if [ -f "$sources" ] && ! grep -q 'bookworm-backports' "$sources"; then
+    # Add the suite to the first Suites line only (the main archive entry).
+    sed -i '0,/^Suites:/{s/^Suites:\(.*\)$/Suites:\1 bookworm-backports/}' "$sources"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q -t bookworm-backports --no-install-recommends "${pkgs[@]}"
+  apt-get install -y -q --no-install-recommends sqlite3 socat python3
+fi
+
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  pgrep -x libvirtd >/dev/null || libvirtd -d
+  for _ in $(seq 1 50); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+fi
+virsh -c qemu:///system version >/dev/null

@@ -1,0 +1,158 @@
+//! The control socket: a hyper 1.x HTTP/1.1 server on a Unix socket.
+//!
+//! Request flow:
+//! 1. `bind` locks `<socket>.lock`, removes a stale socket only while holding that lock,
+//!    binds, and sets the socket's mode and group (or the daemon adopts a socket systemd
+//!    passed in).
+//! 2. `serve` accepts while a connection permit is free (`limits.max_connections`); hyper
+//!    closes a connection whose request head does not arrive within `limits.header_timeout`.
+//! 3. The peer's uid (SO_PEERCRED) names the principal; an orchestrator may act for the user
+//!    in `Vmwarden-User`. The service resolves the registry entry on every request.
+//! 4. `routes::route` matches method and path, reads the body under `limits.max_body_bytes`
+//!    and the same timeout, and parses it into a DTO with unknown fields refused.
+//! 5. The matching `Service` operation runs: policy, store, keys, hypervisor.
+//! 6. The result is JSON; every error becomes problem+json in `error::status_and_code`.
+//! 7. On shutdown, accepting stops and open connections drain (bounded), then `serve` returns.
+
+pub mod error;
+pub mod routes;
+
+use crate::config::Config;
+use crate::service::Service;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::File;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+
+/// Errors while setting up the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another vmwardend holds the lock.
+    #[error("Another vmwardend holds {0}")]
+    Locked(String),
+    /// I/O on the socket path.
+    #[error("Socket {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The configured group does not exist.
+    #[error("Group {0} does not exist")]
+    NoGroup(String),
+}
+
+/// Holds the `<socket>.lock` flock for the daemon's lifetime.
+#[derive(Debug)]
+pub struct SocketLock(#[allow(dead_code)] Flock<File>);
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> BindError + '_ {
+    move |source| BindError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Step 1: lock, remove a stale socket, bind, set mode and group.
+pub fn bind(cfg: &Config) -> Result<(UnixListener, SocketLock), BindError> {
+    let path = &cfg.daemon.socket;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let lock_path = path.with_file_name(format!(
+        "{}.lock",
+        path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| BindError::Locked(lock_path.display().to_string()))?;
+    // Holding the lock proves no live daemon serves this path, so a leftover is stale.
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "removed stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(path)(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.daemon.socket_mode_bits()))
+        .map_err(io(path))?;
+    if !cfg.daemon.socket_group.is_empty() {
+        match nix::unistd::Group::from_name(&cfg.daemon.socket_group) {
+            Ok(Some(g)) => nix::unistd::chown(path, None, Some(g.gid))
+                .map_err(|e| io(path)(std::io::Error::from(e)))?,
+            _ => {
+                // A missing group is not fatal for a root daemon on a dev host: the socket stays
+                // root-only-by-group. Operators see this warning.
+                tracing::warn!(group = %cfg.daemon.socket_group, "socket group does not exist; socket keeps the daemon's group");
+            }
+        }
+    }
+    Ok((listener, SocketLock(lock)))
+}
+
+/// Steps 2-7: serves until `shutdown` completes, then drains connections (at most 10 s).
+pub async fn serve(listener: UnixListener, svc: Arc<Service>, shutdown: impl Future<Output = ()>) {
+    let limits = svc.config().limits.clone();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let state = Arc::new(routes::State::new(svc));
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => { backoff = Duration::from_millis(5); s }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
+        let st = state.clone();
+        let svc_fn = hyper::service::service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, std::convert::Infallible>(routes::handle(st, peer_uid, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(stream), svc_fn);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    state.closing();
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("connections still open after 10 s; closing them");
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! TOML configuration (`/etc/vmwarden/config.toml`): every key has a default, unknown keys
+//! are refused, and every error names the key, the line and the column.
+
+use crate::hypervisor::DomainType;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("Cannot read {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// A key is unknown, has a bad value or the TOML is malformed.
+    #[error("{path}: line {line}, column {column}: key `{key}`: {message}")]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// The dotted key at fault (`section.key`), or the nearest section.
+        key: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Socket and state locations.
+    pub daemon: DaemonConfig,
+    /// libvirt connection.
+    pub libvirt: LibvirtConfig,
+    /// Who is an admin and who may act for others.
+    pub access: AccessConfig,
+    /// Sharing limits.
+    pub sharing: SharingConfig,
+    /// Two-party unlock timing.
+    pub keys: KeysConfig,
+    /// Host idle-shutdown defaults and bounds.
+    pub idle: IdleConfig,
+    /// Control socket limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Group given to the socket so operators can reach it without root.
+    pub socket_group: String,
+    /// Socket permission bits, octal text.
+    pub socket_mode: String,
+    /// Holds state.db and drives/.
+    pub state_dir: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            socket: "/run/vmwarden/vmwarden.sock".into(),
+            socket_group: "vmwarden".into(),
+            socket_mode: "0660".into(),
+            state_dir: "/var/lib/vmwarden".into(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// The socket mode as bits (validated at load).
+    pub fn socket_mode_bits(&self) -> u32 {
+        u32::from_str_radix(&self.socket_mode, 8).unwrap_or(0o660)
+    }
+}
+
+/// `[libvirt]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibvirtConfig {
+    /// Connection URI.
+    pub uri: String,
+    /// `auto`, `kvm` or `qemu`.
+    pub domain_type: DomainType,
+    /// How long a stop waits for ACPI shutdown before destroying.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// How long a hot-detach waits for the guest to release the disk.
+    #[serde(with = "duration")]
+    pub detach_timeout: Duration,
+}
+
+impl Default for LibvirtConfig {
+    fn default() -> Self {
+        Self {
+            uri: "qemu:///system".into(),
+            domain_type: DomainType::Auto,
+            shutdown_timeout: Duration::from_secs(120),
+            detach_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[access]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Unix names that are admins.
+    pub admins: Vec<String>,
+    /// Unix names that act for the user named in `Vmwarden-User`.
+    pub orchestrators: Vec<String>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            admins: vec!["root".into()],
+            orchestrators: vec![],
+        }
+    }
+}
+
+/// `[sharing]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharingConfig {
+    /// Most owners a VM may have.
+    pub max_owners: usize,
+}
+
+impl Default for SharingConfig {
+    fn default() -> Self {
+        Self { max_owners: 2 }
+    }
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// How long the first half of an unlock waits for the second.
+    #[serde(with = "duration")]
+    pub unlock_window: Duration,
+    /// How long an unlocked key stays in memory.
+    #[serde(with = "duration")]
+    pub unlock_ttl: Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            unlock_window: Duration::from_secs(600),
+            unlock_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// `[idle]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdleConfig {
+    /// Host-wide switch.
+    pub enabled: bool,
+    /// Default idle period before shutdown.
+    #[serde(with = "duration")]
+    pub after: Duration,
+    /// Default CPU threshold.
+    pub cpu_percent: f64,
+    /// Warning lead time.
+    #[serde(with = "duration")]
+    pub warn_before: Duration,
+    /// ACPI grace before destroy.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Bulk-stats period.
+    #[serde(with = "duration")]
+    pub sample_interval: Duration,
+    /// Longest `after` an owner may set.
+    #[serde(with = "duration")]
+    pub max_after: Duration,
+    /// Whether owners may switch idle shutdown off for their VM.
+    pub owners_may_disable: bool,
+}
+
+impl Default for IdleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            after: Duration::from_secs(2 * 3600),
+            cpu_percent: 5.0,
+            warn_before: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(120),
+            sample_interval: Duration::from_secs(30),
+            max_after: Duration::from_secs(24 * 3600),
+            owners_may_disable: false,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request head.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    /// Concurrent connections; more wait in the accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 65536,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 256,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            located(text, path, offset, e.message().to_owned())
+        })?;
+        cfg.validate(text, path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let fail = |section: &str, key: &str, message: String| {
+            let offset = find_key(text, section, key).unwrap_or(0);
+            let mut err = located(text, path, offset, message);
+            if let ConfigError::Invalid { key: k, .. } = &mut err {
+                *k = format!("{section}.{key}");
+            }
+            err
+        };
+        if u32::from_str_radix(&self.daemon.socket_mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .is_none()
+        {
+            return Err(fail(
+                "daemon",
+                "socket_mode",
+                "Must be octal permission bits such as \"0660\"".into(),
+            ));
+        }
+        if !self.daemon.socket.is_absolute() {
+            return Err(fail("daemon", "socket", "Must be an absolute path".into()));
+        }
+        if !self.daemon.state_dir.is_absolute() {
+            return Err(fail("daemon", "state_dir", "Must be an absolute path".into()));
+        }
+        if self.sharing.max_owners == 0 {
+            return Err(fail("sharing", "max_owners", "Must be at least 1".into()));
+        }
+        for (key, d) in [
+            ("unlock_window", self.keys.unlock_window),
+            ("unlock_ttl", self.keys.unlock_ttl),
+        ] {
+            if d.is_zero() {
+                return Err(fail("keys", key, "Must be longer than zero".into()));
+            }
+        }
+        let i = &self.idle;
+        if i.sample_interval.is_zero() {
+            return Err(fail("idle", "sample_interval", "Must be longer than zero".into()));
+        }
+        if !(0.0..=100.0 * 1024.0).contains(&i.cpu_percent) || i.cpu_percent.is_nan() {
+            return Err(fail("idle", "cpu_percent", "Must be a percentage".into()));
+        }
+        if i.after > i.max_after {
+            return Err(fail("idle", "after", "Must not exceed idle.max_after".into()));
+        }
+        if i.warn_before >= i.after {
+            return Err(fail("idle", "warn_before", "Must be shorter than idle.after".into()));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(fail("limits", "max_connections", "Must be at least 1".into()));
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err(fail("limits", "max_body_bytes", "Must be at least 1024".into()));
+        }
+        if self.limits.header_timeout.is_zero() {
+            return Err(fail("limits", "header_timeout", "Must be longer than zero".into()));
+        }
+        Ok(())
+    }
+
+    /// Where drive images live.
+    pub fn drives_dir(&self) -> PathBuf {
+        self.daemon.state_dir.join("drives")
+    }
+
+    /// Where serial logs live.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.daemon.state_dir.join("logs")
+    }
+
+    /// The SQLite file.
+    pub fn db_path(&self) -> PathBuf {
+        self.daemon.state_dir.join("state.db")
+    }
+}
+
+/// Turns a byte offset into line/column and finds the key written at that place.
+fn located(text: &str, path: &Path, offset: usize, message: String) -> ConfigError {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    let mut section = String::new();
+    for l in text[..line_start].lines() {
+        let t = l.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+    }
+    let this_line = text[line_start..].lines().next().unwrap_or("");
+    let key = match this_line.split_once('=') {
+        Some((k, _)) if !this_line.trim_start().starts_with('[') => k.trim().to_owned(),
+        _ => String::new(),
+    };
+    let key = match (section.is_empty(), key.is_empty()) {
+        (true, true) => {
+            let t = this_line.trim();
+            t.trim_matches(|c| c == '[' || c == ']').to_owned()
+        }
+        (true, false) => key,
+        (false, true) => section,
+        (false, false) => format!("{section}.{key}"),
+    };
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        key,
+        line,
+        column,
+        message: capitalise(message.trim()),
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+/// Byte offset of `key =` inside `[section]`, for errors found after parsing.
+fn find_key(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        } else if current == section {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim() == key {
+                    let indent = line.len() - line.trim_start().len();
+                    return Some(offset + indent);
+                }
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Parses durations such as "10m", "2h", "500ms", "1h 30m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("Bad duration {s:?}: {e}"))
+}
+
+/// Formats a duration the way the config writes it.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// serde adapter for required durations.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes "10m".
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    /// Reads "10m".
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// serde adapter for optional durations.
+pub mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes "10m" or nothing.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads "10m".
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_every_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.keys.unlock_window, Duration::from_secs(600));
+        assert_eq!(c.idle.after, Duration::from_secs(7200));
+        assert_eq!(c.limits.max_body_bytes, 65536);
+        assert_eq!(c.sharing.max_owners, 2);
+        assert_eq!(c.access.admins, vec!["root".to_string()]);
+    }
+
+    #[test]
+    fn documented_default_file_equals_built_in_defaults() {
+        let text = include_str!("../config/vmwarden.toml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_column() {
+        let e = parse("[daemon]\nsocket = \"/x\"\n  sokcet = \"/y\"\n").unwrap_err();
+        match e {
+            ConfigError::Invalid {
+                key, line, column, message, ..
+            } => {
+                assert_eq!(key, "daemon.sokcet");
+                assert_eq!(line, 3);
+                assert_eq!(column, 3);
+                assert!(message.contains("unknown field"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_duration_names_key() {
+        let e = parse("[keys]\nunlock_window = \"10 parsecs\"\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("keys.unlock_window"), "{s}");
+        assert!(s.contains("line 2"), "{s}");
+        assert!(s.contains("Bad duration"), "{s}");
+    }
+
+    #[test]
+    fn bad_value_after_parse_names_key() {
+        let e = parse("[sharing]\n\nmax_owners = 0\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("sharing.max_owners") && s.contains("line 3, column 1"), "{s}");
+        let e = parse("[daemon]\nsocket_mode = \"999\"\n").unwrap_err();
+        assert!(e.to_string().contains("daemon.socket_mode"));
+        let e = parse("[idle]\nafter = \"30h\"\n").unwrap_err();
+        assert!(e.to_string().contains("idle.after"));
+    }
+
+    #[test]
+    fn unknown_section_and_wrong_type_are_refused() {
+        assert!(parse("[nope]\na = 1\n").unwrap_err().to_string().contains("nope"));
+        let e = parse("[limits]\nmax_connections = \"many\"\n").unwrap_err();
+        assert!(e.to_string().contains("limits.max_connections"), "{e}");
+    }
+}

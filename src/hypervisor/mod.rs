@@ -1,0 +1,116 @@
+//! The hypervisor boundary: what the service needs from libvirt, as a trait.
+//!
+//! `libvirt` is the real implementation and the only module that names the `virt` crate.
+//! The trait exists so that tests can inject faults real libvirt cannot produce on demand;
+//! every behaviour is tested against real libvirtd + QEMU as well. Methods block: the service
+//! calls them from `spawn_blocking`.
+
+pub mod image;
+pub mod libvirt;
+pub mod xml;
+
+use crate::model::{DriveId, SecretBytes, VmId, VmName, ProjectName};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors of the hypervisor layer.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// libvirtd cannot be reached; the API answers 503 and the next call reconnects.
+    #[error("Hypervisor unavailable: {0}")]
+    Unavailable(String),
+    /// The domain does not exist (already stopped).
+    #[error("Domain not found")]
+    NoDomain,
+    /// A domain with this id already runs.
+    #[error("Domain already running")]
+    AlreadyRunning,
+    /// The guest did not release a hot-detached disk in time.
+    #[error("The guest did not release the drive within {0:?}; stop the VM first, then detach")]
+    DetachTimeout(Duration),
+    /// libvirt refused the operation.
+    #[error("libvirt: {0}")]
+    Failed(String),
+    /// Creating or removing an image failed.
+    #[error("Image: {0}")]
+    Image(String),
+}
+
+/// libvirt domain type (`[libvirt] domain_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainType {
+    /// `kvm` when usable, else `qemu`.
+    Auto,
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's TCG emulation.
+    Qemu,
+}
+
+/// One disk of a domain.
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    /// The drive, also used to derive the disk serial and the secret's description.
+    pub drive: DriveId,
+    /// Absolute path of the LUKS qcow2 image.
+    pub path: PathBuf,
+    /// The LUKS passphrase; lives in a libvirt secret only around the create/attach call.
+    pub passphrase: SecretBytes,
+}
+
+/// Everything needed to create a transient domain.
+#[derive(Debug, Clone)]
+pub struct DomainSpec {
+    /// Domain name and UUID.
+    pub id: VmId,
+    /// Recorded in the vmwarden `<metadata>`.
+    pub name: VmName,
+    /// Recorded in the vmwarden `<metadata>`.
+    pub project: ProjectName,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Disks in order; the first boots.
+    pub disks: Vec<DiskSpec>,
+    /// File that receives the first serial port's output.
+    pub serial_log: PathBuf,
+}
+
+/// A running domain as libvirt reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// libvirt's domain name.
+    pub name: String,
+    /// The VM id when the domain carries vmwarden metadata and a UUID name.
+    pub vm: Option<VmId>,
+    /// Whether the domain is running (as opposed to paused, crashed, ...).
+    pub running: bool,
+}
+
+/// What the service needs from a hypervisor. Blocking.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Host-level check: version string of the hypervisor, or `Unavailable`.
+    fn ping(&self) -> Result<String, HypervisorError>;
+    /// The domain type launches use (`kvm` or `qemu`), resolved from `auto`.
+    fn domain_type(&self) -> Result<DomainType, HypervisorError>;
+    /// Creates the transient domain. Secrets are defined ephemeral and private just before
+    /// the create call and undefined right after it, whether it worked or not.
+    fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError>;
+    /// Asks the guest to power off (ACPI). `NoDomain` when it is not running.
+    fn shutdown(&self, id: VmId) -> Result<(), HypervisorError>;
+    /// Ends the domain at once. `NoDomain` when it is not running.
+    fn destroy(&self, id: VmId) -> Result<(), HypervisorError>;
+    /// Whether a domain for this VM exists.
+    fn is_running(&self, id: VmId) -> Result<bool, HypervisorError>;
+    /// Every domain on the connection, ours or not.
+    fn list(&self) -> Result<Vec<DomainInfo>, HypervisorError>;
+    /// Hot-attaches a disk to a running domain; the secret lives only around the call.
+    fn attach_disk(&self, id: VmId, disk: &DiskSpec) -> Result<(), HypervisorError>;
+    /// Hot-detaches a disk, waiting up to `timeout` for the guest to release it.
+    fn detach_disk(&self, id: VmId, drive: DriveId, timeout: Duration)
+        -> Result<(), HypervisorError>;
+    /// Names of secrets defined by vmwarden that still exist (should always be empty).
+    fn our_secrets(&self) -> Result<Vec<String>, HypervisorError>;
+}

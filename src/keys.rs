@@ -1,0 +1,726 @@
+//! Project keys: generation, the two labelled shares, the verifier, the two-party unlock
+//! state machine and the wrapping of drive passphrases (AES-256-GCM under the project key).
+//!
+//! Nothing here touches the disk. The key K exists only in memory between a successful unlock
+//! and `lock`, the TTL or daemon exit; the shares exist only in the response that created them
+//! and, for one half, in memory while it waits for the other.
+
+use crate::model::{ProjectName, SecretBytes, UserName};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use zeroize::{Zeroize, Zeroizing};
+
+const ADMIN_LABEL: &str = "vmw-admin-";
+const MEMBER_LABEL: &str = "vmw-member-";
+const WRAP_VERSION: u8 = 1;
+
+/// Errors of the key layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The share is not a vmwarden share token at all.
+    #[error("Share is malformed: expected a token starting with vmw-admin- or vmw-member-")]
+    Malformed,
+    /// An admin share from a non-admin, or a member share from a non-member.
+    #[error("The {0} share must be submitted by {1}")]
+    WrongSubmitter(&'static str, &'static str),
+    /// Both halves combined do not give the project's key; both were discarded.
+    #[error("The shares do not match this project's key; both halves were discarded")]
+    InvalidShare,
+    /// The same half is already waiting.
+    #[error("The {0} share is already submitted; waiting for the {1} share")]
+    HalfAlreadyPending(&'static str, &'static str),
+    /// One principal tried to submit both halves.
+    #[error("Both halves came from {0}; the other half must come from a different person")]
+    SamePrincipal(String),
+    /// The project key is not in memory.
+    #[error("Project {project} is locked: {waiting}")]
+    Locked {
+        /// The project.
+        project: String,
+        /// Who must submit which share.
+        waiting: String,
+    },
+    /// A wrapped passphrase failed authentication (tampered, wrong project or wrong drive).
+    #[error("Wrapped passphrase of drive {0} failed authentication; the stored value was altered")]
+    Unwrap(String),
+}
+
+/// Which half of the key a share is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Half {
+    /// A, held by the creating admin.
+    Admin,
+    /// M = K xor A, held by the project's members.
+    Member,
+}
+
+impl Half {
+    fn name(self) -> &'static str {
+        match self {
+            Half::Admin => "admin",
+            Half::Member => "member",
+        }
+    }
+    fn other(self) -> Half {
+        match self {
+            Half::Admin => Half::Member,
+            Half::Member => Half::Admin,
+        }
+    }
+    fn who(self) -> &'static str {
+        match self {
+            Half::Admin => "an admin",
+            Half::Member => "a project member",
+        }
+    }
+}
+
+/// A 256-bit secret: zeroized on drop, `[REDACTED]` in Debug, mlocked where allowed.
+pub struct Key32(Box<[u8; 32]>);
+
+impl Key32 {
+    fn zeroed() -> Self {
+        let b = Box::new([0u8; 32]);
+        // mlock keeps the key out of swap; it fails without CAP_IPC_LOCK or RLIMIT_MEMLOCK
+        // room, which is allowed ("where allowed"), so the error is ignored.
+        // SAFETY: the pointer and length describe the boxed array, which outlives the lock
+        // (Drop unlocks it before the box is freed).
+        let _ = unsafe {
+            nix::sys::mman::mlock(
+                std::ptr::NonNull::new_unchecked(b.as_ptr() as *mut libc::c_void),
+                32,
+            )
+        };
+        Self(b)
+    }
+
+    /// A fresh random key.
+    pub fn random() -> Self {
+        let mut k = Self::zeroed();
+        rand::rngs::OsRng.fill_bytes(&mut k.0[..]);
+        k
+    }
+
+    fn from_slice(s: &[u8]) -> Option<Self> {
+        if s.len() != 32 {
+            return None;
+        }
+        let mut k = Self::zeroed();
+        k.0.copy_from_slice(s);
+        Some(k)
+    }
+
+    fn xor(&self, other: &Key32) -> Key32 {
+        let mut k = Self::zeroed();
+        for i in 0..32 {
+            k.0[i] = self.0[i] ^ other.0[i];
+        }
+        k
+    }
+
+    /// The raw bytes, for tests that plant a canary and then search for it.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl Drop for Key32 {
+    fn drop(&mut self) {
+        self.0.zeroize();
+        // SAFETY: same region that was locked in `zeroed`; unlocking an unlocked page is harmless.
+        let _ = unsafe {
+            nix::sys::mman::munlock(
+                std::ptr::NonNull::new_unchecked(self.0.as_ptr() as *mut libc::c_void),
+                32,
+            )
+        };
+    }
+}
+
+impl fmt::Debug for Key32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// A freshly generated key with its two shares, returned once by project creation.
+#[derive(Debug)]
+pub struct NewKey {
+    /// K, needed to compute the verifier and wrap passphrases.
+    pub key: Key32,
+    /// The admin's labelled token.
+    pub admin_share: SecretBytes,
+    /// The members' labelled token.
+    pub member_share: SecretBytes,
+}
+
+/// Generates K = A xor M and the two labelled tokens.
+pub fn generate() -> NewKey {
+    split(Key32::random())
+}
+
+/// Splits an existing key into a fresh pair of shares.
+pub fn split(key: Key32) -> NewKey {
+    let a = Key32::random();
+    let m = key.xor(&a);
+    NewKey {
+        admin_share: token(ADMIN_LABEL, &a),
+        member_share: token(MEMBER_LABEL, &m),
+        key,
+    }
+}
+
+fn token(label: &str, k: &Key32) -> SecretBytes {
+    let mut s = Zeroizing::new(String::with_capacity(64));
+    s.push_str(label);
+    URL_SAFE_NO_PAD.encode_string(&k.0[..], &mut *s);
+    SecretBytes::new(s.as_bytes().to_vec())
+}
+
+/// Parses a labelled share token.
+pub fn parse_share(token: &[u8]) -> Result<(Half, Key32), KeyError> {
+    let text = std::str::from_utf8(token).map_err(|_| KeyError::Malformed)?.trim();
+    let (half, body) = if let Some(b) = text.strip_prefix(ADMIN_LABEL) {
+        (Half::Admin, b)
+    } else if let Some(b) = text.strip_prefix(MEMBER_LABEL) {
+        (Half::Member, b)
+    } else {
+        return Err(KeyError::Malformed);
+    };
+    let raw = Zeroizing::new(URL_SAFE_NO_PAD.decode(body).map_err(|_| KeyError::Malformed)?);
+    let key = Key32::from_slice(&raw).ok_or(KeyError::Malformed)?;
+    Ok((half, key))
+}
+
+/// The stored verifier: HMAC-SHA256 under K of a fixed label and the project name. It proves
+/// a rebuilt K is right without revealing anything about K.
+pub fn verifier(key: &Key32, project: &ProjectName) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0[..]).expect("any key length");
+    mac.update(b"vmwarden key verifier v1\0");
+    mac.update(project.as_str().as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn verify(key: &Key32, project: &ProjectName, stored: &[u8]) -> bool {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0[..]).expect("any key length");
+    mac.update(b"vmwarden key verifier v1\0");
+    mac.update(project.as_str().as_bytes());
+    mac.verify_slice(stored).is_ok()
+}
+
+fn aad(project: &ProjectName, drive: &str) -> Vec<u8> {
+    let mut a = b"vmwarden drive passphrase v1\0".to_vec();
+    a.extend_from_slice(project.as_str().as_bytes());
+    a.push(0);
+    a.extend_from_slice(drive.as_bytes());
+    a
+}
+
+/// A fresh drive passphrase: 256 random bits as base64 text (QEMU and libvirt take it as-is).
+pub fn new_passphrase() -> SecretBytes {
+    let raw = Key32::random();
+    let mut s = Zeroizing::new(String::with_capacity(44));
+    STANDARD.encode_string(&raw.0[..], &mut *s);
+    SecretBytes::new(s.as_bytes().to_vec())
+}
+
+/// Wraps a passphrase: version byte, 96-bit random nonce, AES-256-GCM ciphertext and tag,
+/// with the project name and drive id as associated data.
+pub fn wrap(key: &Key32, project: &ProjectName, drive: &str, passphrase: &SecretBytes) -> Vec<u8> {
+    let cipher = Aes256Gcm::new_from_slice(&key.0[..]).expect("32-byte key");
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: passphrase.expose(),
+                aad: &aad(project, drive),
+            },
+        )
+        .expect("AES-GCM encryption of a short buffer cannot fail");
+    let mut out = Vec::with_capacity(1 + 12 + ct.len());
+    out.push(WRAP_VERSION);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// Unwraps a passphrase into zeroizing memory; any alteration fails authentication.
+pub fn unwrap(
+    key: &Key32,
+    project: &ProjectName,
+    drive: &str,
+    wrapped: &[u8],
+) -> Result<SecretBytes, KeyError> {
+    let bad = || KeyError::Unwrap(drive.to_owned());
+    if wrapped.len() < 1 + 12 + 16 || wrapped[0] != WRAP_VERSION {
+        return Err(bad());
+    }
+    let cipher = Aes256Gcm::new_from_slice(&key.0[..]).expect("32-byte key");
+    let pt = cipher
+        .decrypt(
+            Nonce::from_slice(&wrapped[1..13]),
+            Payload {
+                msg: &wrapped[13..],
+                aad: &aad(project, drive),
+            },
+        )
+        .map_err(|_| bad())?;
+    Ok(SecretBytes::new(pt))
+}
+
+/// Who submitted what, as the keyring needs to judge it.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    /// The principal.
+    pub name: UserName,
+    /// Whether the principal is an admin.
+    pub admin: bool,
+    /// Whether the principal is a member of the project.
+    pub member: bool,
+}
+
+/// A project's unlock state, reported by `GET /v1/projects` and the unlock answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LockStatus {
+    /// Whether K is absent from memory.
+    pub locked: bool,
+    /// Halves still awaited (empty when unlocked).
+    pub waiting_for: Vec<Half>,
+    /// Halves submitted and waiting.
+    pub pending: Vec<Half>,
+}
+
+enum Slot {
+    Pending {
+        half: Half,
+        share: Key32,
+        from: UserName,
+        expires: Instant,
+    },
+    Unlocked {
+        key: Key32,
+        until: Instant,
+    },
+}
+
+/// What an unlock call changed, so the service can emit the right event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlockOutcome {
+    /// The first half now waits for the second.
+    Pending,
+    /// Both halves matched; K is in memory.
+    Unlocked,
+    /// The project was already unlocked; nothing changed.
+    AlreadyUnlocked,
+}
+
+/// In-memory key state of every project. Locked is the absence of an entry, so a restart
+/// (an empty map) leaves every project locked.
+#[derive(Default)]
+pub struct Keyring {
+    slots: Mutex<HashMap<ProjectName, Slot>>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keyring([REDACTED])")
+    }
+}
+
+impl Keyring {
+    /// An empty keyring: every project locked.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Drops expired pending halves and keys (zeroizing them).
+    fn expire(map: &mut HashMap<ProjectName, Slot>, now: Instant) {
+        map.retain(|_, s| match s {
+            Slot::Pending { expires, .. } => *expires > now,
+            Slot::Unlocked { until, .. } => *until > now,
+        });
+    }
+
+    /// Zeroizes whatever has expired; the daemon calls it periodically so that memory is
+    /// cleared on time even when nobody asks.
+    pub fn sweep(&self, now: Instant) {
+        Self::expire(&mut self.slots.lock().unwrap(), now);
+    }
+
+    /// The project's unlock status.
+    pub fn status(&self, project: &ProjectName, now: Instant) -> LockStatus {
+        let mut map = self.slots.lock().unwrap();
+        Self::expire(&mut map, now);
+        match map.get(project) {
+            None => LockStatus {
+                locked: true,
+                waiting_for: vec![Half::Admin, Half::Member],
+                pending: vec![],
+            },
+            Some(Slot::Pending { half, .. }) => LockStatus {
+                locked: true,
+                waiting_for: vec![half.other()],
+                pending: vec![*half],
+            },
+            Some(Slot::Unlocked { .. }) => LockStatus {
+                locked: false,
+                waiting_for: vec![],
+                pending: vec![],
+            },
+        }
+    }
+
+    /// Takes one half. `verifier` is the stored verifier of the project.
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit(
+        &self,
+        project: &ProjectName,
+        verifier_bytes: &[u8],
+        token: &[u8],
+        who: &Submitter,
+        window: Duration,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<UnlockOutcome, KeyError> {
+        let (half, share) = parse_share(token)?;
+        match half {
+            Half::Admin if !who.admin => return Err(KeyError::WrongSubmitter("admin", "an admin")),
+            Half::Member if !who.member => {
+                return Err(KeyError::WrongSubmitter("member", "a project member"))
+            }
+            _ => {}
+        }
+        let mut map = self.slots.lock().unwrap();
+        Self::expire(&mut map, now);
+        match map.remove(project) {
+            None => {
+                map.insert(
+                    project.clone(),
+                    Slot::Pending {
+                        half,
+                        share,
+                        from: who.name.clone(),
+                        expires: now + window,
+                    },
+                );
+                Ok(UnlockOutcome::Pending)
+            }
+            Some(s @ Slot::Unlocked { .. }) => {
+                map.insert(project.clone(), s);
+                Ok(UnlockOutcome::AlreadyUnlocked)
+            }
+            Some(Slot::Pending {
+                half: h,
+                share: first,
+                from,
+                expires,
+            }) => {
+                if h == half {
+                    let err = KeyError::HalfAlreadyPending(h.name(), h.other().name());
+                    map.insert(
+                        project.clone(),
+                        Slot::Pending {
+                            half: h,
+                            share: first,
+                            from,
+                            expires,
+                        },
+                    );
+                    return Err(err);
+                }
+                if from == who.name {
+                    let err = KeyError::SamePrincipal(from.to_string());
+                    map.insert(
+                        project.clone(),
+                        Slot::Pending {
+                            half: h,
+                            share: first,
+                            from,
+                            expires,
+                        },
+                    );
+                    return Err(err);
+                }
+                let key = first.xor(&share);
+                // `first` and `share` drop here, zeroized; on mismatch `key` drops too.
+                if !verify(&key, project, verifier_bytes) {
+                    return Err(KeyError::InvalidShare);
+                }
+                map.insert(
+                    project.clone(),
+                    Slot::Unlocked {
+                        key,
+                        until: now + ttl,
+                    },
+                );
+                Ok(UnlockOutcome::Unlocked)
+            }
+        }
+    }
+
+    /// Forgets K and any pending half at once. Returns whether anything was held.
+    pub fn lock(&self, project: &ProjectName) -> bool {
+        self.slots.lock().unwrap().remove(project).is_some()
+    }
+
+    /// Runs `f` with K, or explains who must submit which share.
+    pub fn with_key<T>(
+        &self,
+        project: &ProjectName,
+        now: Instant,
+        f: impl FnOnce(&Key32) -> T,
+    ) -> Result<T, KeyError> {
+        let mut map = self.slots.lock().unwrap();
+        Self::expire(&mut map, now);
+        match map.get(project) {
+            Some(Slot::Unlocked { key, .. }) => Ok(f(key)),
+            Some(Slot::Pending { half, .. }) => Err(KeyError::Locked {
+                project: project.to_string(),
+                waiting: format!(
+                    "the {} share is in; {} must submit the {} share",
+                    half.name(),
+                    half.other().who(),
+                    half.other().name()
+                ),
+            }),
+            None => Err(KeyError::Locked {
+                project: project.to_string(),
+                waiting: "an admin must submit the admin share and a project member the member share"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Replaces K while unlocked (after a re-split re-wrapped every passphrase).
+    pub fn replace(&self, project: &ProjectName, key: Key32, ttl: Duration, now: Instant) {
+        self.slots.lock().unwrap().insert(
+            project.clone(),
+            Slot::Unlocked {
+                key,
+                until: now + ttl,
+            },
+        );
+    }
+
+    /// Copies K out for a re-key (the caller drops it, zeroized).
+    pub fn clone_key(&self, project: &ProjectName, now: Instant) -> Result<Key32, KeyError> {
+        self.with_key(project, now, |k| {
+            Key32::from_slice(&k.0[..]).expect("32 bytes")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> ProjectName {
+        ProjectName::parse("genomics").unwrap()
+    }
+    fn admin() -> Submitter {
+        Submitter {
+            name: UserName::parse("root").unwrap(),
+            admin: true,
+            member: false,
+        }
+    }
+    fn member(n: &str) -> Submitter {
+        Submitter {
+            name: UserName::parse(n).unwrap(),
+            admin: false,
+            member: true,
+        }
+    }
+
+    const W: Duration = Duration::from_secs(600);
+    const TTL: Duration = Duration::from_secs(3600);
+
+    struct Fixture {
+        ring: Keyring,
+        ver: Vec<u8>,
+        a: SecretBytes,
+        m: SecretBytes,
+        t0: Instant,
+    }
+
+    fn fixture() -> Fixture {
+        let nk = generate();
+        Fixture {
+            ring: Keyring::new(),
+            ver: verifier(&nk.key, &p()),
+            a: nk.admin_share,
+            m: nk.member_share,
+            t0: Instant::now(),
+        }
+    }
+
+    impl Fixture {
+        fn submit(&self, tok: &SecretBytes, who: &Submitter, at: u64) -> Result<UnlockOutcome, KeyError> {
+            self.ring.submit(
+                &p(),
+                &self.ver,
+                tok.expose(),
+                who,
+                W,
+                TTL,
+                self.t0 + Duration::from_secs(at),
+            )
+        }
+        fn locked(&self, at: u64) -> bool {
+            self.ring.status(&p(), self.t0 + Duration::from_secs(at)).locked
+        }
+    }
+
+    /// One row per scenario: steps of (which share, who, seconds after start, expected).
+    #[test]
+    fn unlock_state_machine_table() {
+        use UnlockOutcome::*;
+        #[derive(Clone, Copy)]
+        enum S {
+            A,
+            M,
+            Bad,
+        }
+        #[derive(Clone, Copy)]
+        enum Who {
+            Admin,
+            Alice,
+            Bob,
+        }
+        type Exp = Result<UnlockOutcome, &'static str>;
+        let rows: Vec<(&str, Vec<(S, Who, u64, Exp)>, bool)> = vec![
+            ("admin then member", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::M, Who::Alice, 5, Ok(Unlocked))], false),
+            ("member then admin", vec![(S::M, Who::Alice, 0, Ok(Pending)), (S::A, Who::Admin, 5, Ok(Unlocked))], false),
+            ("window expired", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::M, Who::Alice, 601, Ok(Pending))], true),
+            ("wrong share", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::Bad, Who::Alice, 1, Err("invalid")), (S::M, Who::Alice, 2, Ok(Pending))], true),
+            ("same half twice", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::A, Who::Admin, 1, Err("already")), (S::M, Who::Alice, 2, Ok(Unlocked))], false),
+            ("member half twice by two members", vec![(S::M, Who::Alice, 0, Ok(Pending)), (S::M, Who::Bob, 1, Err("already"))], true),
+            ("member share from admin who is no member", vec![(S::M, Who::Admin, 0, Err("submitter"))], true),
+            ("admin share from a member", vec![(S::A, Who::Alice, 0, Err("submitter"))], true),
+            ("again after unlock", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::M, Who::Alice, 1, Ok(Unlocked)), (S::A, Who::Admin, 2, Ok(AlreadyUnlocked))], false),
+        ];
+        for (name, steps, locked_after) in rows {
+            let f = fixture();
+            let bad = generate().member_share;
+            let mut last = 0;
+            for (i, (s, who, at, exp)) in steps.into_iter().enumerate() {
+                let tok = match s {
+                    S::A => &f.a,
+                    S::M => &f.m,
+                    S::Bad => &bad,
+                };
+                let who = match who {
+                    Who::Admin => admin(),
+                    Who::Alice => member("alice"),
+                    Who::Bob => member("bob"),
+                };
+                let got = f.submit(tok, &who, at);
+                match (exp, &got) {
+                    (Ok(e), Ok(g)) => assert_eq!(e, *g, "{name}: step {i}"),
+                    (Err("invalid"), Err(KeyError::InvalidShare)) => {}
+                    (Err("already"), Err(KeyError::HalfAlreadyPending(..))) => {}
+                    (Err("submitter"), Err(KeyError::WrongSubmitter(..))) => {}
+                    (e, g) => panic!("{name}: step {i}: expected {e:?}, got {g:?}"),
+                }
+                last = at;
+            }
+            assert_eq!(f.locked(last), locked_after, "{name}");
+        }
+    }
+
+    #[test]
+    fn one_person_holding_both_shares_cannot_unlock() {
+        let f = fixture();
+        let both = Submitter {
+            name: UserName::parse("carol").unwrap(),
+            admin: true,
+            member: true,
+        };
+        assert_eq!(f.submit(&f.a, &both, 0), Ok(UnlockOutcome::Pending));
+        assert!(matches!(f.submit(&f.m, &both, 1), Err(KeyError::SamePrincipal(_))));
+        assert!(f.locked(1));
+        // The pending half survives the refusal, so a second person can still finish.
+        assert_eq!(f.submit(&f.m, &member("alice"), 2), Ok(UnlockOutcome::Unlocked));
+    }
+
+    #[test]
+    fn lock_during_pending_discards_the_half() {
+        let f = fixture();
+        f.submit(&f.a, &admin(), 0).unwrap();
+        assert!(f.ring.lock(&p()));
+        assert_eq!(f.submit(&f.m, &member("alice"), 1), Ok(UnlockOutcome::Pending));
+        let st = f.ring.status(&p(), f.t0 + Duration::from_secs(1));
+        assert_eq!(st.waiting_for, vec![Half::Admin]);
+    }
+
+    #[test]
+    fn ttl_expiry_locks_again() {
+        let f = fixture();
+        f.submit(&f.a, &admin(), 0).unwrap();
+        f.submit(&f.m, &member("alice"), 1).unwrap();
+        assert!(!f.locked(3600));
+        assert!(f.locked(3601));
+        let err = f
+            .ring
+            .with_key(&p(), f.t0 + Duration::from_secs(3602), |_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("admin share"), "{err}");
+    }
+
+    #[test]
+    fn restart_leaves_project_locked() {
+        let f = fixture();
+        f.submit(&f.a, &admin(), 0).unwrap();
+        f.submit(&f.m, &member("alice"), 1).unwrap();
+        // A restart is a new, empty keyring; the verifier alone opens nothing.
+        let after_restart = Keyring::new();
+        assert!(after_restart.status(&p(), f.t0).locked);
+        assert!(after_restart.with_key(&p(), f.t0, |_| ()).is_err());
+    }
+
+    #[test]
+    fn misplaced_and_malformed_shares() {
+        assert_eq!(parse_share(b"hello").unwrap_err(), KeyError::Malformed);
+        assert_eq!(parse_share(b"vmw-admin-AAAA").unwrap_err(), KeyError::Malformed);
+        let nk = generate();
+        assert_eq!(parse_share(nk.admin_share.expose()).unwrap().0, Half::Admin);
+        assert_eq!(parse_share(nk.member_share.expose()).unwrap().0, Half::Member);
+    }
+
+    #[test]
+    fn wrap_roundtrip_and_tamper() {
+        let k = Key32::random();
+        let pass = new_passphrase();
+        let w = wrap(&k, &p(), "d1", &pass);
+        assert_eq!(unwrap(&k, &p(), "d1", &w).unwrap(), pass);
+        assert!(unwrap(&k, &p(), "d2", &w).is_err(), "AAD binds the drive id");
+        let other = ProjectName::parse("other").unwrap();
+        assert!(unwrap(&k, &other, "d1", &w).is_err(), "AAD binds the project");
+        for i in 0..w.len() {
+            let mut t = w.clone();
+            t[i] ^= 1;
+            assert!(unwrap(&k, &p(), "d1", &t).is_err(), "flip at {i} accepted");
+        }
+        assert!(unwrap(&Key32::random(), &p(), "d1", &w).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let nk = generate();
+        let s = format!("{nk:?} {:?}", new_passphrase());
+        assert!(!s.contains("vmw-"), "{s}");
+        assert_eq!(s.matches("[REDACTED]").count(), 4, "{s}");
+    }
+}

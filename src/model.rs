@@ -1,0 +1,350 @@
+//! Plain data shared by every layer: validated names, ids, roles and policies.
+//!
+//! Names are checked once, here, when they enter the system; every other layer can then
+//! trust them (a VM name is a label, never part of a path or of hand-built XML).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Why a name was refused; the API turns it into a 400 with code `invalid_name`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Invalid {kind} name {shown}: must match {pattern}")]
+pub struct NameError {
+    /// Which kind of name was refused (user, team, project, VM, drive).
+    pub kind: &'static str,
+    /// The refused value, debug-escaped so that control characters stay visible.
+    pub shown: String,
+    /// The pattern the name must match.
+    pub pattern: &'static str,
+}
+
+fn check_name(
+    kind: &'static str,
+    pattern: &'static str,
+    value: &str,
+    max: usize,
+    first: fn(u8) -> bool,
+    rest: fn(u8) -> bool,
+) -> Result<(), NameError> {
+    let b = value.as_bytes();
+    let ok = !b.is_empty() && b.len() <= max && first(b[0]) && b[1..].iter().all(|c| rest(*c));
+    if ok {
+        Ok(())
+    } else {
+        let mut shown = format!("{value:?}");
+        if shown.len() > 80 {
+            shown.truncate(77);
+            shown.push_str("...");
+        }
+        Err(NameError {
+            kind,
+            shown,
+            pattern,
+        })
+    }
+}
+
+fn unix_first(c: u8) -> bool {
+    c.is_ascii_lowercase() || c == b'_'
+}
+fn unix_rest(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-'
+}
+fn label_first(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+fn label_rest(c: u8) -> bool {
+    label_first(c) || c == b'-'
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal, $pattern:literal, $max:expr, $first:ident, $rest:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// The pattern every value of this type matches.
+            pub const PATTERN: &'static str = $pattern;
+
+            /// Validates `value` against the pattern.
+            pub fn parse(value: &str) -> Result<Self, NameError> {
+                check_name($kind, $pattern, value, $max, $first, $rest)?;
+                Ok(Self(value.to_owned()))
+            }
+
+            /// The validated name.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A Unix-style user name, the principal of every request.
+    UserName, "user", "^[a-z_][a-z0-9_-]{0,31}$", 32, unix_first, unix_rest
+);
+name_type!(
+    /// A team name; sharing never crosses teams.
+    TeamName, "team", "^[a-z_][a-z0-9_-]{0,31}$", 32, unix_first, unix_rest
+);
+name_type!(
+    /// A project name; projects gate every access to their VMs and drives.
+    ProjectName, "project", "^[a-z0-9][a-z0-9-]{0,62}$", 63, label_first, label_rest
+);
+name_type!(
+    /// A VM label; files and domains are named by id, never by this.
+    VmName, "VM", "^[a-z0-9][a-z0-9-]{0,62}$", 63, label_first, label_rest
+);
+name_type!(
+    /// A drive label; the image file is named by the drive id.
+    DriveName, "drive", "^[a-z0-9][a-z0-9-]{0,62}$", 63, label_first, label_rest
+);
+
+/// A VM id; also the libvirt domain name.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VmId(pub Uuid);
+
+/// A drive id; also the image file name.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DriveId(pub Uuid);
+
+macro_rules! id_type {
+    ($ty:ident) => {
+        impl $ty {
+            /// A fresh random id.
+            pub fn new_random() -> Self {
+                Self(Uuid::new_v4())
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, uuid::Error> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
+}
+id_type!(VmId);
+id_type!(DriveId);
+
+/// A role on a VM (DESIGN 1, "Roles on a VM").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Full control and direct drive access.
+    Owner,
+    /// May see, start, stop and keep alive; never sees drives.
+    User,
+}
+
+impl Role {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::User => "user",
+        }
+    }
+}
+
+/// Lifecycle state of a VM as vmwarden reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// No domain exists.
+    Stopped,
+    /// A domain exists and runs (or is paused by libvirt).
+    Running,
+}
+
+impl VmState {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Running => "running",
+        }
+    }
+}
+
+/// A VM's idle policy; `None` fields inherit the host defaults from `[idle]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdlePolicy {
+    /// Whether idle shutdown applies to this VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How long the VM must be idle before it is shut down.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::config::opt_duration"
+    )]
+    pub after: Option<Duration>,
+    /// CPU use (percent of one vCPU-second per second, summed over vCPUs) under which the VM counts as idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+}
+
+/// A registered principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// The Unix user name.
+    pub name: UserName,
+    /// The one team the user belongs to.
+    pub team: TeamName,
+    /// Registry-level admin flag (config `access.admins` also grants admin).
+    pub admin: bool,
+}
+
+/// A VM configuration with its roles, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vm {
+    /// Stable id, also the libvirt domain name.
+    pub id: VmId,
+    /// Human label, unique per project.
+    pub name: VmName,
+    /// Project whose membership gates access.
+    pub project: ProjectName,
+    /// The creator's team; sharing stays inside it.
+    pub team: TeamName,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Owners in grant order (the creator first).
+    pub owners: Vec<UserName>,
+    /// Users with launch-only access.
+    pub users: Vec<UserName>,
+    /// Attached drives in attach order.
+    pub drives: Vec<DriveId>,
+    /// Per-VM idle overrides.
+    pub idle: IdlePolicy,
+    /// Last known state.
+    pub state: VmState,
+    /// Why the VM last changed state (start, stop, idle, admin, crashed, ...).
+    pub state_reason: String,
+}
+
+impl Vm {
+    /// The caller's role on this VM, if any.
+    pub fn role_of(&self, user: &UserName) -> Option<Role> {
+        if self.owners.contains(user) {
+            Some(Role::Owner)
+        } else if self.users.contains(user) {
+            Some(Role::User)
+        } else {
+            None
+        }
+    }
+}
+
+/// A LUKS-encrypted qcow2 image, as stored (the wrapped passphrase stays in the store).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drive {
+    /// Stable id, also the image file name.
+    pub id: DriveId,
+    /// Human label.
+    pub name: DriveName,
+    /// Project whose key wraps the passphrase.
+    pub project: ProjectName,
+    /// Virtual size.
+    pub size_mib: u64,
+    /// Users with direct access to the drive.
+    pub owners: Vec<UserName>,
+    /// The VM the drive is attached to, if any.
+    pub attached_to: Option<VmId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_xml_and_path_characters() {
+        for bad in [
+            "", "a<b", "a'b", "a/b", "..", "../x", "A", "-a", "a b", "a\nb", "a&b", "a\"b",
+        ] {
+            assert!(VmName::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(UserName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(VmName::parse(&"a".repeat(64)).is_err());
+        assert!(VmName::parse(&"a".repeat(63)).is_ok());
+        assert!(UserName::parse(&"a".repeat(33)).is_err());
+        assert!(UserName::parse("_svc-1").is_ok());
+        assert!(VmName::parse("9web-1").is_ok());
+        assert!(UserName::parse("9web").is_err());
+    }
+
+    #[test]
+    fn name_error_escapes_the_value() {
+        let e = VmName::parse("a\nb").unwrap_err();
+        assert!(e.to_string().contains("\\n"), "{e}");
+    }
+}
+
+/// Secret bytes (a key, a share, a LUKS passphrase): zeroized on drop, `[REDACTED]` in Debug,
+/// and deliberately neither `Serialize` nor `Display`, so it cannot slip into a log or a body.
+#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    /// Takes ownership of `bytes`; the caller's buffer moves in, no copy stays behind.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The secret, for the one call that needs it.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
