@@ -33,3 +33,12 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   done
 fi
 virsh -c qemu:///system version >/dev/null
+
+# Without udev (containers, minimal images) /dev/kvm keeps mode 0600 root:root, and QEMU,
+# which libvirt runs as libvirt-qemu (group kvm), cannot open it. Apply what Debian's udev
+# rule does on a normal host.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
+  if [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ] && [ "$(stat -c %a /dev/kvm)" != "666" ]; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+  fi
+fi

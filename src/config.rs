@@ -247,6 +247,16 @@ impl Config {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             located(text, path, offset, e.message().to_owned())
         })?;
+        let mut cfg = cfg;
+        // Relative paths are relative to the config file, so a checkout can carry a config
+        // that keeps everything inside it (config/dev.toml).
+        if let Some(base) = path.parent().and_then(|p| std::path::absolute(p).ok()) {
+            for p in [&mut cfg.daemon.socket, &mut cfg.daemon.state_dir] {
+                if p.is_relative() && !p.as_os_str().is_empty() {
+                    *p = normalize(&base.join(&*p));
+                }
+            }
+        }
         cfg.validate(text, path)?;
         Ok(cfg)
     }
@@ -327,6 +337,21 @@ impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.daemon.state_dir.join("state.db")
     }
+}
+
+/// Removes `.` and `..` components without touching the filesystem.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Turns a byte offset into line/column and finds the key written at that place.
@@ -478,7 +503,7 @@ mod tests {
                 assert_eq!(key, "daemon.sokcet");
                 assert_eq!(line, 3);
                 assert_eq!(column, 3);
-                assert!(message.contains("unknown field"), "{message}");
+                assert!(message.contains("Unknown field `sokcet`"), "{message}");
             }
             other => panic!("{other:?}"),
         }
@@ -502,6 +527,12 @@ mod tests {
         assert!(e.to_string().contains("daemon.socket_mode"));
         let e = parse("[idle]\nafter = \"30h\"\n").unwrap_err();
         assert!(e.to_string().contains("idle.after"));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let c = Config::parse("[daemon]\nstate_dir = \"../dev-state\"\n", Path::new("/srv/x/config/dev.toml")).unwrap();
+        assert_eq!(c.daemon.state_dir, PathBuf::from("/srv/x/dev-state"));
     }
 
     #[test]

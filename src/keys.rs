@@ -202,6 +202,17 @@ pub fn parse_share(token: &[u8]) -> Result<(Half, Key32), KeyError> {
     Ok((half, key))
 }
 
+/// Rebuilds K from the two tokens (the key holders' view; the daemon only does this inside
+/// the keyring after an unlock).
+pub fn combine(admin_token: &[u8], member_token: &[u8]) -> Result<Key32, KeyError> {
+    let (h1, a) = parse_share(admin_token)?;
+    let (h2, m) = parse_share(member_token)?;
+    if h1 != Half::Admin || h2 != Half::Member {
+        return Err(KeyError::Malformed);
+    }
+    Ok(a.xor(&m))
+}
+
 /// The stored verifier: HMAC-SHA256 under K of a fixed label and the project name. It proves
 /// a rebuilt K is right without revealing anything about K.
 pub fn verifier(key: &Key32, project: &ProjectName) -> Vec<u8> {

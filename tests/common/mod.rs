@@ -1,0 +1,365 @@
+//! Test harness: a real `vmwardend` process on a real Unix socket, against the host's real
+//! libvirtd (qemu:///system) and a real SQLite file, driven over HTTP.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running daemon with its own state directory.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Extra config lines per section, appended to the test config.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub libvirt: String,
+    pub limits: String,
+    pub keys: String,
+    pub sharing: String,
+    pub idle: String,
+    pub uri: Option<String>,
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "vmwardend" => PathBuf::from(env!("CARGO_BIN_EXE_vmwardend")),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_vmwarden")),
+    }
+}
+
+impl Daemon {
+    pub fn start(opts: Opts) -> Daemon {
+        // Short paths: sun_path holds 108 bytes. The directory must be traversable by QEMU
+        // (libvirt-qemu), so it is 0755 like /var/lib/vmwarden's parents.
+        let dir = PathBuf::from(format!("/tmp/vmw-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let socket = dir.join("s.sock");
+        let config = dir.join("config.toml");
+        let uri = opts.uri.clone().unwrap_or_else(|| "qemu:///system".into());
+        let text = format!(
+            r#"[daemon]
+socket = "{sock}"
+socket_group = ""
+socket_mode = "0666"
+state_dir = "{dir}/state"
+
+[libvirt]
+uri = "{uri}"
+shutdown_timeout = "3s"
+detach_timeout = "3s"
+{libvirt}
+
+[access]
+admins = ["root"]
+orchestrators = ["root"]
+
+[sharing]
+{sharing}
+
+[keys]
+{keys}
+
+[idle]
+{idle}
+
+[limits]
+{limits}
+"#,
+            sock = socket.display(),
+            dir = dir.display(),
+            libvirt = opts.libvirt,
+            sharing = opts.sharing,
+            keys = opts.keys,
+            idle = opts.idle,
+            limits = opts.limits,
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = dir.join("daemon.log");
+        let mut d = Daemon {
+            dir,
+            socket,
+            config,
+            log,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin("vmwardend"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not come up: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        c.wait().unwrap()
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.state().join("state.db")
+    }
+
+    pub fn client(&self) -> Client {
+        Client { socket: self.socket.clone() }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Destroys every domain this daemon's VMs may have left running.
+    pub fn destroy_domains(&self) {
+        if let Ok(conn) = rusqlite::Connection::open(self.db()) {
+            if let Ok(mut st) = conn.prepare("SELECT id FROM vms") {
+                let ids: Vec<String> = st.query_map([], |r| r.get(0)).unwrap().filter_map(Result::ok).collect();
+                for id in ids {
+                    let _ = Command::new("virsh").args(["-q", "-c", "qemu:///system", "destroy", &id]).stderr(Stdio::null()).stdout(Stdio::null()).status();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.destroy_domains();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// An HTTP/1.1 client on the control socket.
+#[derive(Clone)]
+pub struct Client {
+    pub socket: PathBuf,
+}
+
+/// A response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub raw: Vec<u8>,
+    pub content_type: String,
+    pub retry_after: Option<String>,
+}
+
+impl Resp {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+impl Client {
+    pub async fn raw(&self, method: &str, path: &str, user: Option<&str>, body: Option<Vec<u8>>) -> Resp {
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(method).uri(path).header("host", "vmwarden");
+        if let Some(u) = user {
+            req = req.header("vmwarden-user", u);
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap())
+            .await
+            .expect("response");
+        let status = resp.status().as_u16();
+        let content_type = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        let raw = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Resp { status, body, raw, content_type, retry_after }
+    }
+
+    pub async fn req(&self, method: &str, path: &str, user: Option<&str>, body: Option<Value>) -> Resp {
+        self.raw(method, path, user, body.map(|b| serde_json::to_vec(&b).unwrap())).await
+    }
+
+    pub async fn get(&self, path: &str, user: &str) -> Resp {
+        self.req("GET", path, Some(user), None).await
+    }
+}
+
+/// The key holders' copy of a project's shares, as returned once at creation.
+pub struct Shares {
+    pub admin: String,
+    pub member: String,
+}
+
+/// Registers `root` (team ops) and the given users (name, team).
+pub async fn users(c: &Client, users: &[(&str, &str)]) {
+    let r = c.req("PUT", "/v1/users/root", Some("root"), Some(json!({"team": "ops"}))).await;
+    assert!(r.status == 200, "{r:?}");
+    for (u, t) in users {
+        let r = c.req("PUT", &format!("/v1/users/{u}"), Some("root"), Some(json!({"team": t}))).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+}
+
+pub async fn project(c: &Client, name: &str, members: &[&str]) -> Shares {
+    let r = c.req("POST", "/v1/projects", Some("root"), Some(json!({"name": name, "members": members}))).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    Shares {
+        admin: r.body["admin_share"].as_str().unwrap().to_owned(),
+        member: r.body["member_share"].as_str().unwrap().to_owned(),
+    }
+}
+
+pub async fn unlock(c: &Client, project: &str, s: &Shares, member: &str) {
+    let r = c.req("POST", &format!("/v1/projects/{project}/unlock"), Some("root"), Some(json!({"share": s.admin}))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = c.req("POST", &format!("/v1/projects/{project}/unlock"), Some(member), Some(json!({"share": s.member}))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["locked"], false, "{r:?}");
+}
+
+pub async fn drive(c: &Client, user: &str, project: &str, name: &str) -> String {
+    let r = c.req("POST", "/v1/drives", Some(user), Some(json!({"project": project, "name": name, "size_mib": 16}))).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
+pub async fn vm(c: &Client, user: &str, project: &str, name: &str, drives: &[&str]) -> String {
+    let r = c
+        .req("POST", "/v1/vms", Some(user), Some(json!({"name": name, "project": project, "vcpus": 1, "memory_mib": 32, "drives": drives})))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
+/// A boot sector that prints `marker` on COM1 and halts (or spins forever with `spin`).
+pub fn boot_sector(marker: &str, spin: bool) -> Vec<u8> {
+    let mut code: Vec<u8> = vec![
+        0xFA, // cli
+        0x31, 0xC0, // xor ax, ax
+        0x8E, 0xD8, // mov ds, ax
+        0xBE, 0x16, 0x7C, // mov si, 0x7c16 (msg)
+        0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+        0xAC, // loop: lodsb
+        0x84, 0xC0, // test al, al
+        0x74, 0x03, // jz done
+        0xEE, // out dx, al
+        0xEB, 0xF8, // jmp loop
+    ];
+    if spin {
+        code.extend_from_slice(&[0xEB, 0xFE, 0x90]); // done: jmp $ (busy), pad
+    } else {
+        code.extend_from_slice(&[0xF4, 0xEB, 0xFD]); // done: hlt; jmp done
+    }
+    assert_eq!(code.len(), 22);
+    code.extend_from_slice(marker.as_bytes());
+    code.push(0);
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xAA]);
+    code
+}
+
+/// Writes a boot sector into an encrypted drive as the key holders can: rebuild K from the
+/// shares, unwrap the drive's passphrase from the database, write through LUKS.
+pub fn write_boot_sector(d: &Daemon, s: &Shares, project: &str, drive: &str, sector: &[u8]) {
+    let k = vmwarden::keys::combine(s.admin.as_bytes(), s.member.as_bytes()).unwrap();
+    let conn = rusqlite::Connection::open(d.db()).unwrap();
+    let wrapped: Vec<u8> = conn.query_row("SELECT wrapped FROM drives WHERE id = ?1", [drive], |r| r.get(0)).unwrap();
+    let p = vmwarden::model::ProjectName::parse(project).unwrap();
+    let pass = vmwarden::keys::unwrap(&k, &p, drive, &wrapped).unwrap();
+    let path = d.state().join("drives").join(format!("{drive}.qcow2"));
+    vmwarden::hypervisor::image::write_raw_via_luks(&path, &pass, sector).unwrap();
+}
+
+pub fn serial_log(d: &Daemon, vm: &str) -> PathBuf {
+    d.state().join("logs").join(format!("{vm}.serial.log"))
+}
+
+pub fn wait_for_file_containing(path: &Path, needle: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::fs::read(path).map(|b| String::from_utf8_lossy(&b).contains(needle)).unwrap_or(false) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+pub fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh").arg("-c").arg("qemu:///system").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+pub fn domain_running(id: &str) -> bool {
+    virsh(&["list", "--name"]).lines().any(|l| l.trim() == id)
+}
+
+/// Secrets whose description marks them as vmwarden's.
+pub fn our_secrets() -> Vec<String> {
+    let list = virsh(&["secret-list"]);
+    list.lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|uuid| virsh(&["secret-dumpxml", uuid]).contains("vmwarden drive"))
+        .map(str::to_owned)
+        .collect()
+}
