@@ -398,9 +398,7 @@ impl Hypervisor for Libvirt {
             self.define_secret(&conn, &mut guard, disk)?;
         }
         let domain_xml = xml::domain_xml(spec, domain_type, &guard.uuids())?;
-        eprintln!("TIMING before create {:?}", started.elapsed());
         let created = conn.create_domain_xml(&domain_xml, sys::VIR_DOMAIN_NONE);
-        eprintln!("TIMING after create {:?}", started.elapsed());
         drop(guard);
         match created {
             Ok(_) => {

@@ -1,0 +1,273 @@
+//! The control socket API over the real socket: every endpoint with an allowed caller, a denied
+//! caller and a caller who cannot see the object; unregistered peers; limits; bad input.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// alice (lab) owns VM "web" in project "genomics"; bob (lab) is a member without a role;
+/// carol (lab) is not in the project; root is admin and a member.
+struct World {
+    d: Daemon,
+    c: Client,
+    vm: String,
+    drive: String,
+}
+
+async fn world() -> World {
+    let d = Daemon::start(Opts::default());
+    let c = d.client();
+    users(&c, &[("alice", "lab"), ("bob", "lab"), ("carol", "lab")]).await;
+    let s = project(&c, "genomics", &["alice", "bob", "root"]).await;
+    unlock(&c, "genomics", &s, "alice").await;
+    let drive = drive(&c, "alice", "genomics", "data").await;
+    let vm = vm(&c, "alice", "genomics", "web", &[&drive]).await;
+    World { d, c, vm, drive }
+}
+
+#[test]
+fn every_endpoint_allowed_denied_and_hidden() {
+    rt().block_on(async {
+        let w = world().await;
+        let (c, vm, drv) = (&w.c, w.vm.as_str(), w.drive.as_str());
+        // (method, path, body, allowed caller, denied caller + status, hidden caller)
+        type Row<'a> = (&'a str, String, Option<serde_json::Value>, &'a str, (&'a str, u16), Option<&'a str>);
+        let rows: Vec<Row> = vec![
+            ("GET", "/v1/me".into(), None, "alice", ("nobody", 403), None),
+            ("GET", "/v1/users".into(), None, "root", ("alice", 403), None),
+            ("PUT", "/v1/users/dave".into(), Some(json!({"team": "lab"})), "root", ("alice", 403), None),
+            ("DELETE", "/v1/users/dave".into(), None, "root", ("alice", 403), None),
+            ("GET", "/v1/projects".into(), None, "alice", ("nobody", 403), None),
+            ("POST", "/v1/projects".into(), Some(json!({"name": "other", "members": []})), "root", ("alice", 403), None),
+            ("PUT", "/v1/projects/genomics/members/carol".into(), None, "root", ("alice", 403), None),
+            ("DELETE", "/v1/projects/genomics/members/carol".into(), None, "root", ("alice", 403), None),
+            ("GET", "/v1/drives".into(), None, "alice", ("nobody", 403), None),
+            ("GET", format!("/v1/drives/{drv}"), None, "alice", ("nobody", 403), Some("bob")),
+            ("GET", "/v1/vms".into(), None, "alice", ("nobody", 403), None),
+            ("GET", format!("/v1/vms/{vm}"), None, "alice", ("nobody", 403), Some("carol")),
+            ("PATCH", format!("/v1/vms/{vm}"), Some(json!({"vcpus": 2})), "alice", ("root", 403), Some("bob")),
+            ("GET", format!("/v1/vms/{vm}/members"), None, "alice", ("root", 403), Some("carol")),
+            ("PUT", format!("/v1/vms/{vm}/members/bob"), Some(json!({"role": "user"})), "alice", ("root", 403), Some("carol")),
+            ("DELETE", format!("/v1/vms/{vm}/members/bob"), None, "alice", ("root", 403), Some("carol")),
+            ("POST", format!("/v1/vms/{vm}/keepalive"), None, "alice", ("root", 403), Some("carol")),
+            ("GET", "/v1/host/vms".into(), None, "root", ("alice", 403), None),
+            ("GET", "/v1/audit".into(), None, "root", ("nobody", 403), None),
+            ("GET", "/metrics".into(), None, "root", ("alice", 403), None),
+            ("POST", "/v1/projects/genomics/lock".into(), None, "alice", ("nobody", 403), Some("carol")),
+        ];
+        for (m, path, body, ok, (denied, dstatus), hidden) in rows {
+            let r = c.req(m, &path, Some(ok), body.clone()).await;
+            assert!(r.status < 300, "{m} {path} as {ok}: {r:?}");
+            let r = c.req(m, &path, Some(denied), body.clone()).await;
+            assert_eq!(r.status, dstatus, "{m} {path} as {denied}: {r:?}");
+            assert_eq!(r.content_type, "application/problem+json");
+            for k in ["type", "title", "status", "detail", "code"] {
+                assert!(r.body.get(k).is_some(), "{k} missing in {r:?}");
+            }
+            if let Some(h) = hidden {
+                let r = c.req(m, &path, Some(h), body).await;
+                assert_eq!(r.status, 404, "{m} {path} as {h}: {r:?}");
+            }
+        }
+        // Health and the API document answer any peer.
+        assert_eq!(c.req("GET", "/v1/health", Some("nobody"), None).await.status, 200);
+        let doc = c.req("GET", "/v1/openapi.json", Some("nobody"), None).await;
+        assert_eq!(doc.body["openapi"].as_str().map(|s| &s[..2]), Some("3."));
+    });
+}
+
+#[test]
+fn lifecycle_endpoints_allowed_denied_hidden() {
+    rt().block_on(async {
+        let w = world().await;
+        let (c, vm, drv) = (&w.c, w.vm.as_str(), w.drive.as_str());
+        // Start: owner ok; admin member without role 403; non-member 404.
+        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("root"), None).await.status, 403);
+        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("carol"), None).await.status, 404);
+        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(domain_running(vm));
+        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        assert_eq!((r.status, r.code()), (409, "vm_running"));
+        let r = c.req("DELETE", &format!("/v1/vms/{vm}"), Some("alice"), None).await;
+        assert_eq!((r.status, r.code()), (409, "vm_running"));
+        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("carol"), Some(json!({"force": true}))).await.status, 404);
+        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("root"), Some(json!({"force": true}))).await.status, 403);
+        let r = c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), Some(json!({"force": true}))).await;
+        assert_eq!((r.status, r.body["state"].as_str()), (200, Some("stopped")), "{r:?}");
+        assert!(!domain_running(vm));
+        // Admin host stop of a stopped VM is fine and audited with reason admin.
+        let r = c.req("POST", &format!("/v1/host/vms/{vm}/stop"), Some("root"), Some(json!({"force": true}))).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let r = c.req("POST", &format!("/v1/host/vms/{vm}/stop"), Some("alice"), None).await;
+        assert_eq!(r.status, 403);
+        // Detach / attach: owner ok, non-member 404, admin 403.
+        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}/drives/{drv}"), Some("carol"), None).await.status, 404);
+        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}/drives/{drv}"), Some("root"), None).await.status, 403);
+        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}/drives/{drv}"), Some("alice"), None).await.status, 200);
+        assert_eq!(c.req("PUT", &format!("/v1/vms/{vm}/drives/{drv}"), Some("carol"), None).await.status, 404);
+        assert_eq!(c.req("PUT", &format!("/v1/vms/{vm}/drives/{drv}"), Some("alice"), None).await.status, 200);
+        // Drive delete: attached -> 409; non-owner -> 404.
+        let r = c.req("DELETE", &format!("/v1/drives/{drv}"), Some("alice"), None).await;
+        assert_eq!((r.status, r.code()), (409, "drive_attached"));
+        assert_eq!(c.req("DELETE", &format!("/v1/drives/{drv}"), Some("bob"), None).await.status, 404);
+        // VM delete: non-member 404, owner ok; the drive survives, detached, with alice.
+        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}"), Some("carol"), None).await.status, 404);
+        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}"), Some("alice"), None).await.status, 200);
+        let r = c.get(&format!("/v1/drives/{drv}"), "alice").await;
+        assert_eq!(r.body["attached_to"], serde_json::Value::Null);
+        assert_eq!(c.req("DELETE", &format!("/v1/drives/{drv}"), Some("alice"), None).await.status, 200);
+        assert!(!w.d.state().join("drives").join(format!("{drv}.qcow2")).exists());
+        // Drive and VM creation gated by membership.
+        let r = c.req("POST", "/v1/drives", Some("carol"), Some(json!({"project": "genomics", "name": "x", "size_mib": 16}))).await;
+        assert_eq!(r.status, 404);
+        let r = c.req("POST", "/v1/vms", Some("carol"), Some(json!({"project": "genomics", "name": "x", "vcpus": 1, "memory_mib": 32}))).await;
+        assert_eq!(r.status, 404);
+    });
+}
+
+#[test]
+fn unregistered_peer_gets_403_but_health() {
+    // A real second uid: `nobody` runs the CLI against the 0666 test socket.
+    rt().block_on(async {
+        let d = Daemon::start(Opts::default());
+        let run = |args: &[&str]| {
+            std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(bin("vmwarden"))
+                .arg("--socket")
+                .arg(&d.socket)
+                .arg("--json")
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let out = run(&["me"]);
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((body["status"].as_u64(), body["code"].as_str()), (Some(403), Some("unregistered")));
+        let out = run(&["vm", "list"]);
+        assert_eq!(out.status.code(), Some(4));
+        let out = run(&["health"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        // nobody may not act for root either.
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin("vmwarden"))
+            .arg("--socket").arg(&d.socket).args(["--as", "root", "--json", "user", "list"])
+            .output().unwrap();
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+    });
+}
+
+#[test]
+fn oversized_malformed_unknown_fields_and_hostile_names() {
+    rt().block_on(async {
+        let w = world().await;
+        let c = &w.c;
+        let big = vec![b' '; 70_000];
+        let r = c.raw("POST", "/v1/vms", Some("alice"), Some(big)).await;
+        assert_eq!((r.status, r.code()), (413, "body_too_large"));
+        let r = c.raw("POST", "/v1/vms", Some("alice"), Some(b"{\"name\": ".to_vec())).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_body"));
+        let r = c.req("POST", "/v1/vms", Some("alice"), Some(json!({"name": "a", "project": "genomics", "vcpus": 1, "memory_mib": 32, "colour": "red"}))).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_body"));
+        assert!(r.body["detail"].as_str().unwrap().contains("colour"), "{r:?}");
+        let r = c.req("POST", &format!("/v1/vms/{}/stop", w.vm), Some("alice"), Some(json!({"forse": true}))).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_body"));
+        for bad in ["a<b", "it's", "a/b", "..", "../etc", "<x/>"] {
+            let r = c.req("POST", "/v1/vms", Some("alice"), Some(json!({"name": bad, "project": "genomics", "vcpus": 1, "memory_mib": 32}))).await;
+            assert_eq!((r.status, r.code()), (400, "invalid_body"), "{bad}: {r:?}");
+            let r = c.req("POST", "/v1/drives", Some("alice"), Some(json!({"name": bad, "project": "genomics", "size_mib": 16}))).await;
+            assert_eq!(r.status, 400, "{bad}: {r:?}");
+            let r = c.req("PUT", "/v1/users/x", Some("root"), Some(json!({"team": bad}))).await;
+            assert_eq!(r.status, 400, "{bad}: {r:?}");
+        }
+        for path in ["/v1/users/a%3Cb", "/v1/users/..", "/v1/vms/..%2F..", "/v1/projects/a'b/lock"] {
+            let r = c.req("PUT", path, Some("root"), Some(json!({"team": "lab"}))).await;
+            assert!(r.status == 400 || r.status == 405, "{path}: {r:?}");
+        }
+        let r = c.req("GET", "/v1/vms/not-a-uuid", Some("alice"), None).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_parameter"));
+        let r = c.raw("GET", "/v1/me", Some("a<b"), None).await;
+        assert_eq!(r.status, 400);
+        // Out-of-range sizes.
+        let r = c.req("POST", "/v1/vms", Some("alice"), Some(json!({"name": "big", "project": "genomics", "vcpus": 1000, "memory_mib": 32}))).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_request"));
+        // Nothing of the above created anything.
+        let r = c.get("/v1/vms", "alice").await;
+        assert_eq!(r.body.as_array().unwrap().len(), 1);
+    });
+}
+
+#[test]
+fn slow_header_client_is_cut_off_while_others_are_served() {
+    rt().block_on(async {
+        let d = Daemon::start(Opts {
+            limits: "header_timeout = \"1s\"".into(),
+            ..Default::default()
+        });
+        let c = d.client();
+        let mut slow = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        slow.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let started = Instant::now();
+        // Others are served while the slow client holds its connection.
+        for _ in 0..5 {
+            assert_eq!(c.req("GET", "/v1/health", None, None).await.status, 200);
+        }
+        slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = vec![];
+        let _ = slow.read_to_end(&mut buf);
+        assert!(started.elapsed() < Duration::from_secs(10), "slow client was never cut off");
+        // Hyper answers a timed-out head with nothing or a 408; either way, the socket closed.
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        assert_eq!(c.req("GET", "/v1/health", None, None).await.status, 200);
+    });
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    rt().block_on(async {
+        let mut d = Daemon::start(Opts::default());
+        assert_eq!(d.client().req("GET", "/v1/health", None, None).await.status, 200);
+        let st = d.terminate();
+        assert!(st.success(), "{st:?}");
+        assert!(!d.socket.exists(), "socket left behind");
+        // A restart on the same paths works (the lock was released).
+        d.spawn();
+        assert_eq!(d.client().req("GET", "/v1/health", None, None).await.status, 200);
+    });
+}
+
+#[test]
+fn second_daemon_on_the_same_socket_refuses_to_start() {
+    let d = Daemon::start(Opts::default());
+    let out = std::process::Command::new(bin("vmwardend"))
+        .arg("--config")
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Another vmwardend holds"), "{out:?}");
+    assert!(d.socket.exists());
+}
+
+#[test]
+fn check_config_reports_key_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "[keys]\nunlock_window = \"ten minutes\"\n").unwrap();
+    let out = std::process::Command::new(bin("vmwardend")).arg("--check-config").arg(&p).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("keys.unlock_window") && err.contains("line 2, column 17"), "{err}");
+    std::fs::write(&p, "").unwrap();
+    let out = std::process::Command::new(bin("vmwardend")).arg("--check-config").arg(&p).output().unwrap();
+    assert!(out.status.success());
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/vmwarden.toml");
+    let out = std::process::Command::new(bin("vmwardend")).arg("--check-config").arg(shipped).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
