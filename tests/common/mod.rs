@@ -353,13 +353,17 @@ pub fn domain_running(id: &str) -> bool {
     virsh(&["list", "--name"]).lines().any(|l| l.trim() == id)
 }
 
-/// Secrets whose description marks them as vmwarden's.
-pub fn our_secrets() -> Vec<String> {
+/// libvirt secrets vmwarden defined for these drives (tests run in parallel, so each looks
+/// only at its own drives).
+pub fn our_secrets(drives: &[&str]) -> Vec<String> {
     let list = virsh(&["secret-list"]);
     list.lines()
         .skip(2)
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|uuid| virsh(&["secret-dumpxml", uuid]).contains("vmwarden drive"))
+        .filter(|uuid| {
+            let xml = virsh(&["secret-dumpxml", uuid]);
+            drives.iter().any(|d| xml.contains(&format!("vmwarden drive {d}")))
+        })
         .map(str::to_owned)
         .collect()
 }

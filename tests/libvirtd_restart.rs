@@ -1,0 +1,85 @@
+//! libvirtd stops while the daemon runs: hypervisor requests get 503 quickly, never hang; when
+//! libvirtd is back, requests succeed again without restarting vmwardend.
+//! This binary is alone because it stops the host's libvirtd (cargo runs test binaries one
+//! after another).
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn libvirtd_running() -> bool {
+    Command::new("pgrep").args(["-x", "libvirtd"]).status().unwrap().success()
+}
+
+fn start_libvirtd() {
+    if !libvirtd_running() {
+        assert!(Command::new("libvirtd").arg("-d").status().unwrap().success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if Command::new("virsh").args(["-c", "qemu:///system", "version"]).output().unwrap().status.success() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("libvirtd did not come back");
+}
+
+/// Restarts libvirtd even when the test fails, so later tests find it running.
+struct Restore;
+impl Drop for Restore {
+    fn drop(&mut self) {
+        start_libvirtd();
+    }
+}
+
+#[test]
+fn dead_libvirtd_gives_503_then_recovers_without_restart() {
+    rt().block_on(async {
+        let d = Daemon::start(Opts::default());
+        let c = d.client();
+        users(&c, &[("alice", "lab")]).await;
+        let s = project(&c, "genomics", &["alice"]).await;
+        unlock(&c, "genomics", &s, "alice").await;
+        let drv = drive(&c, "alice", "genomics", "boot").await;
+        write_boot_sector(&d, &s, "genomics", &drv, &boot_sector("BACK", false));
+        let vm = vm(&c, "alice", "genomics", "web", &[&drv]).await;
+        assert_eq!(c.req("GET", "/v1/health", None, None).await.body["status"], "ok");
+
+        let _restore = Restore;
+        assert!(Command::new("pkill").args(["-x", "libvirtd"]).status().unwrap().success());
+        while libvirtd_running() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for _ in 0..3 {
+            // A guard against hanging, not a speed assertion.
+            let r = tokio::time::timeout(Duration::from_secs(30), c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None))
+                .await
+                .expect("request hung while libvirtd was down");
+            assert_eq!((r.status, r.code()), (503, "hypervisor_unavailable"), "{r:?}");
+            assert_eq!(r.retry_after.as_deref(), Some("5"));
+        }
+        let h = c.req("GET", "/v1/health", None, None).await;
+        assert_eq!((h.status, h.body["status"].as_str(), h.body["hypervisor"].as_str()), (200, Some("degraded"), Some("unavailable")));
+        // Requests that need only the store keep working.
+        assert_eq!(c.get("/v1/vms", "alice").await.status, 200);
+
+        start_libvirtd();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut started = None;
+        while Instant::now() < deadline {
+            let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+            if r.status == 200 {
+                started = Some(r);
+                break;
+            }
+            assert_eq!(r.status, 503, "{r:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(started.is_some(), "vmwardend did not recover after libvirtd came back");
+        assert!(wait_for_file_containing(&serial_log(&d, &vm), "BACK", Duration::from_secs(20)));
+        c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), Some(json!({"force": true}))).await;
+    });
+}
