@@ -285,7 +285,11 @@ impl Config {
             return Err(fail("daemon", "socket", "Must be an absolute path".into()));
         }
         if !self.daemon.state_dir.is_absolute() {
-            return Err(fail("daemon", "state_dir", "Must be an absolute path".into()));
+            return Err(fail(
+                "daemon",
+                "state_dir",
+                "Must be an absolute path".into(),
+            ));
         }
         if self.sharing.max_owners == 0 {
             return Err(fail("sharing", "max_owners", "Must be at least 1".into()));
@@ -300,25 +304,49 @@ impl Config {
         }
         let i = &self.idle;
         if i.sample_interval.is_zero() {
-            return Err(fail("idle", "sample_interval", "Must be longer than zero".into()));
+            return Err(fail(
+                "idle",
+                "sample_interval",
+                "Must be longer than zero".into(),
+            ));
         }
         if !(0.0..=100.0 * 1024.0).contains(&i.cpu_percent) || i.cpu_percent.is_nan() {
             return Err(fail("idle", "cpu_percent", "Must be a percentage".into()));
         }
         if i.after > i.max_after {
-            return Err(fail("idle", "after", "Must not exceed idle.max_after".into()));
+            return Err(fail(
+                "idle",
+                "after",
+                "Must not exceed idle.max_after".into(),
+            ));
         }
         if i.warn_before >= i.after {
-            return Err(fail("idle", "warn_before", "Must be shorter than idle.after".into()));
+            return Err(fail(
+                "idle",
+                "warn_before",
+                "Must be shorter than idle.after".into(),
+            ));
         }
         if self.limits.max_connections == 0 {
-            return Err(fail("limits", "max_connections", "Must be at least 1".into()));
+            return Err(fail(
+                "limits",
+                "max_connections",
+                "Must be at least 1".into(),
+            ));
         }
         if self.limits.max_body_bytes < 1024 {
-            return Err(fail("limits", "max_body_bytes", "Must be at least 1024".into()));
+            return Err(fail(
+                "limits",
+                "max_body_bytes",
+                "Must be at least 1024".into(),
+            ));
         }
         if self.limits.header_timeout.is_zero() {
-            return Err(fail("limits", "header_timeout", "Must be longer than zero".into()));
+            return Err(fail(
+                "limits",
+                "header_timeout",
+                "Must be longer than zero".into(),
+            ));
         }
         Ok(())
     }
@@ -498,7 +526,11 @@ mod tests {
         let e = parse("[daemon]\nsocket = \"/x\"\n  sokcet = \"/y\"\n").unwrap_err();
         match e {
             ConfigError::Invalid {
-                key, line, column, message, ..
+                key,
+                line,
+                column,
+                message,
+                ..
             } => {
                 assert_eq!(key, "daemon.sokcet");
                 assert_eq!(line, 3);
@@ -522,7 +554,10 @@ mod tests {
     fn bad_value_after_parse_names_key() {
         let e = parse("[sharing]\n\nmax_owners = 0\n").unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("sharing.max_owners") && s.contains("line 3, column 1"), "{s}");
+        assert!(
+            s.contains("sharing.max_owners") && s.contains("line 3, column 1"),
+            "{s}"
+        );
         let e = parse("[daemon]\nsocket_mode = \"999\"\n").unwrap_err();
         assert!(e.to_string().contains("daemon.socket_mode"));
         let e = parse("[idle]\nafter = \"30h\"\n").unwrap_err();
@@ -531,13 +566,20 @@ mod tests {
 
     #[test]
     fn relative_paths_are_relative_to_the_config_file() {
-        let c = Config::parse("[daemon]\nstate_dir = \"../dev-state\"\n", Path::new("/srv/x/config/dev.toml")).unwrap();
+        let c = Config::parse(
+            "[daemon]\nstate_dir = \"../dev-state\"\n",
+            Path::new("/srv/x/config/dev.toml"),
+        )
+        .unwrap();
         assert_eq!(c.daemon.state_dir, PathBuf::from("/srv/x/dev-state"));
     }
 
     #[test]
     fn unknown_section_and_wrong_type_are_refused() {
-        assert!(parse("[nope]\na = 1\n").unwrap_err().to_string().contains("nope"));
+        assert!(parse("[nope]\na = 1\n")
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
         let e = parse("[limits]\nmax_connections = \"many\"\n").unwrap_err();
         assert!(e.to_string().contains("limits.max_connections"), "{e}");
     }

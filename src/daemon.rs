@@ -95,3 +95,28 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn harden_makes_the_process_undumpable_without_cores() {
+        // Checked in a forked child so the test runner itself stays dumpable.
+        // SAFETY: the child only makes syscalls and exits; it touches no lock another
+        // thread could hold.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = super::harden().is_ok()
+                    && !nix::sys::prctl::get_dumpable().unwrap_or(true)
+                    && nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CORE)
+                        .map(|l| l == (0, 0))
+                        .unwrap_or(false);
+                // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+}

@@ -183,13 +183,15 @@ pub fn split(key: Key32) -> NewKey {
 fn token(label: &str, k: &Key32) -> SecretBytes {
     let mut s = Zeroizing::new(String::with_capacity(64));
     s.push_str(label);
-    URL_SAFE_NO_PAD.encode_string(&k.0[..], &mut *s);
+    URL_SAFE_NO_PAD.encode_string(&k.0[..], &mut s);
     SecretBytes::new(s.as_bytes().to_vec())
 }
 
 /// Parses a labelled share token.
 pub fn parse_share(token: &[u8]) -> Result<(Half, Key32), KeyError> {
-    let text = std::str::from_utf8(token).map_err(|_| KeyError::Malformed)?.trim();
+    let text = std::str::from_utf8(token)
+        .map_err(|_| KeyError::Malformed)?
+        .trim();
     let (half, body) = if let Some(b) = text.strip_prefix(ADMIN_LABEL) {
         (Half::Admin, b)
     } else if let Some(b) = text.strip_prefix(MEMBER_LABEL) {
@@ -197,7 +199,11 @@ pub fn parse_share(token: &[u8]) -> Result<(Half, Key32), KeyError> {
     } else {
         return Err(KeyError::Malformed);
     };
-    let raw = Zeroizing::new(URL_SAFE_NO_PAD.decode(body).map_err(|_| KeyError::Malformed)?);
+    let raw = Zeroizing::new(
+        URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| KeyError::Malformed)?,
+    );
     let key = Key32::from_slice(&raw).ok_or(KeyError::Malformed)?;
     Ok((half, key))
 }
@@ -241,7 +247,7 @@ fn aad(project: &ProjectName, drive: &str) -> Vec<u8> {
 pub fn new_passphrase() -> SecretBytes {
     let raw = Key32::random();
     let mut s = Zeroizing::new(String::with_capacity(44));
-    STANDARD.encode_string(&raw.0[..], &mut *s);
+    STANDARD.encode_string(&raw.0[..], &mut s);
     SecretBytes::new(s.as_bytes().to_vec())
 }
 
@@ -508,8 +514,9 @@ impl Keyring {
             }),
             None => Err(KeyError::Locked {
                 project: project.to_string(),
-                waiting: "an admin must submit the admin share and a project member the member share"
-                    .into(),
+                waiting:
+                    "an admin must submit the admin share and a project member the member share"
+                        .into(),
             }),
         }
     }
@@ -578,7 +585,12 @@ mod tests {
     }
 
     impl Fixture {
-        fn submit(&self, tok: &SecretBytes, who: &Submitter, at: u64) -> Result<UnlockOutcome, KeyError> {
+        fn submit(
+            &self,
+            tok: &SecretBytes,
+            who: &Submitter,
+            at: u64,
+        ) -> Result<UnlockOutcome, KeyError> {
             self.ring.submit(
                 &p(),
                 &self.ver,
@@ -590,7 +602,9 @@ mod tests {
             )
         }
         fn locked(&self, at: u64) -> bool {
-            self.ring.status(&p(), self.t0 + Duration::from_secs(at)).locked
+            self.ring
+                .status(&p(), self.t0 + Duration::from_secs(at))
+                .locked
         }
     }
 
@@ -611,16 +625,77 @@ mod tests {
             Bob,
         }
         type Exp = Result<UnlockOutcome, &'static str>;
-        let rows: Vec<(&str, Vec<(S, Who, u64, Exp)>, bool)> = vec![
-            ("admin then member", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::M, Who::Alice, 5, Ok(Unlocked))], false),
-            ("member then admin", vec![(S::M, Who::Alice, 0, Ok(Pending)), (S::A, Who::Admin, 5, Ok(Unlocked))], false),
-            ("window expired", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::M, Who::Alice, 601, Ok(Pending))], true),
-            ("wrong share", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::Bad, Who::Alice, 1, Err("invalid")), (S::M, Who::Alice, 2, Ok(Pending))], true),
-            ("same half twice", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::A, Who::Admin, 1, Err("already")), (S::M, Who::Alice, 2, Ok(Unlocked))], false),
-            ("member half twice by two members", vec![(S::M, Who::Alice, 0, Ok(Pending)), (S::M, Who::Bob, 1, Err("already"))], true),
-            ("member share from admin who is no member", vec![(S::M, Who::Admin, 0, Err("submitter"))], true),
-            ("admin share from a member", vec![(S::A, Who::Alice, 0, Err("submitter"))], true),
-            ("again after unlock", vec![(S::A, Who::Admin, 0, Ok(Pending)), (S::M, Who::Alice, 1, Ok(Unlocked)), (S::A, Who::Admin, 2, Ok(AlreadyUnlocked))], false),
+        type Row = (&'static str, Vec<(S, Who, u64, Exp)>, bool);
+        let rows: Vec<Row> = vec![
+            (
+                "admin then member",
+                vec![
+                    (S::A, Who::Admin, 0, Ok(Pending)),
+                    (S::M, Who::Alice, 5, Ok(Unlocked)),
+                ],
+                false,
+            ),
+            (
+                "member then admin",
+                vec![
+                    (S::M, Who::Alice, 0, Ok(Pending)),
+                    (S::A, Who::Admin, 5, Ok(Unlocked)),
+                ],
+                false,
+            ),
+            (
+                "window expired",
+                vec![
+                    (S::A, Who::Admin, 0, Ok(Pending)),
+                    (S::M, Who::Alice, 601, Ok(Pending)),
+                ],
+                true,
+            ),
+            (
+                "wrong share",
+                vec![
+                    (S::A, Who::Admin, 0, Ok(Pending)),
+                    (S::Bad, Who::Alice, 1, Err("invalid")),
+                    (S::M, Who::Alice, 2, Ok(Pending)),
+                ],
+                true,
+            ),
+            (
+                "same half twice",
+                vec![
+                    (S::A, Who::Admin, 0, Ok(Pending)),
+                    (S::A, Who::Admin, 1, Err("already")),
+                    (S::M, Who::Alice, 2, Ok(Unlocked)),
+                ],
+                false,
+            ),
+            (
+                "member half twice by two members",
+                vec![
+                    (S::M, Who::Alice, 0, Ok(Pending)),
+                    (S::M, Who::Bob, 1, Err("already")),
+                ],
+                true,
+            ),
+            (
+                "member share from admin who is no member",
+                vec![(S::M, Who::Admin, 0, Err("submitter"))],
+                true,
+            ),
+            (
+                "admin share from a member",
+                vec![(S::A, Who::Alice, 0, Err("submitter"))],
+                true,
+            ),
+            (
+                "again after unlock",
+                vec![
+                    (S::A, Who::Admin, 0, Ok(Pending)),
+                    (S::M, Who::Alice, 1, Ok(Unlocked)),
+                    (S::A, Who::Admin, 2, Ok(AlreadyUnlocked)),
+                ],
+                false,
+            ),
         ];
         for (name, steps, locked_after) in rows {
             let f = fixture();
@@ -660,10 +735,16 @@ mod tests {
             member: true,
         };
         assert_eq!(f.submit(&f.a, &both, 0), Ok(UnlockOutcome::Pending));
-        assert!(matches!(f.submit(&f.m, &both, 1), Err(KeyError::SamePrincipal(_))));
+        assert!(matches!(
+            f.submit(&f.m, &both, 1),
+            Err(KeyError::SamePrincipal(_))
+        ));
         assert!(f.locked(1));
         // The pending half survives the refusal, so a second person can still finish.
-        assert_eq!(f.submit(&f.m, &member("alice"), 2), Ok(UnlockOutcome::Unlocked));
+        assert_eq!(
+            f.submit(&f.m, &member("alice"), 2),
+            Ok(UnlockOutcome::Unlocked)
+        );
     }
 
     #[test]
@@ -671,7 +752,10 @@ mod tests {
         let f = fixture();
         f.submit(&f.a, &admin(), 0).unwrap();
         assert!(f.ring.lock(&p()));
-        assert_eq!(f.submit(&f.m, &member("alice"), 1), Ok(UnlockOutcome::Pending));
+        assert_eq!(
+            f.submit(&f.m, &member("alice"), 1),
+            Ok(UnlockOutcome::Pending)
+        );
         let st = f.ring.status(&p(), f.t0 + Duration::from_secs(1));
         assert_eq!(st.waiting_for, vec![Half::Admin]);
     }
@@ -704,10 +788,16 @@ mod tests {
     #[test]
     fn misplaced_and_malformed_shares() {
         assert_eq!(parse_share(b"hello").unwrap_err(), KeyError::Malformed);
-        assert_eq!(parse_share(b"vmw-admin-AAAA").unwrap_err(), KeyError::Malformed);
+        assert_eq!(
+            parse_share(b"vmw-admin-AAAA").unwrap_err(),
+            KeyError::Malformed
+        );
         let nk = generate();
         assert_eq!(parse_share(nk.admin_share.expose()).unwrap().0, Half::Admin);
-        assert_eq!(parse_share(nk.member_share.expose()).unwrap().0, Half::Member);
+        assert_eq!(
+            parse_share(nk.member_share.expose()).unwrap().0,
+            Half::Member
+        );
     }
 
     #[test]
@@ -716,9 +806,15 @@ mod tests {
         let pass = new_passphrase();
         let w = wrap(&k, &p(), "d1", &pass);
         assert_eq!(unwrap(&k, &p(), "d1", &w).unwrap(), pass);
-        assert!(unwrap(&k, &p(), "d2", &w).is_err(), "AAD binds the drive id");
+        assert!(
+            unwrap(&k, &p(), "d2", &w).is_err(),
+            "AAD binds the drive id"
+        );
         let other = ProjectName::parse("other").unwrap();
-        assert!(unwrap(&k, &other, "d1", &w).is_err(), "AAD binds the project");
+        assert!(
+            unwrap(&k, &other, "d1", &w).is_err(),
+            "AAD binds the project"
+        );
         for i in 0..w.len() {
             let mut t = w.clone();
             t[i] ^= 1;

@@ -485,33 +485,176 @@ mod tests {
     fn every_action_against_every_relation() {
         //                                  admin   owner  user    sameteam other  nonmember unreg
         let table: Vec<(&str, Build, [&str; 7])> = vec![
-            ("health", |_, _, _| Action::Health, ["ok", "ok", "ok", "ok", "ok", "ok", "ok"]),
-            ("me/list/events", |_, _, _| Action::Registered, ["ok", "ok", "ok", "ok", "ok", "ok", "403u"]),
-            ("users", |_, _, _| Action::Admin(AdminAction::ManageUsers), ["ok", "403a", "403a", "403a", "403a", "403a", "403u"]),
-            ("create project", |_, _, _| Action::Admin(AdminAction::CreateProject), ["ok", "403a", "403a", "403a", "403a", "403a", "403u"]),
-            ("project members", |_, _, _| Action::Admin(AdminAction::ManageMembers), ["ok", "403a", "403a", "403a", "403a", "403a", "403u"]),
-            ("host inventory", |_, _, _| Action::Admin(AdminAction::HostInventory), ["ok", "403a", "403a", "403a", "403a", "403a", "403u"]),
-            ("host stop", |_, _, _| Action::Admin(AdminAction::HostStop), ["ok", "403a", "403a", "403a", "403a", "403a", "403u"]),
-            ("metrics", |_, _, _| Action::Admin(AdminAction::Metrics), ["ok", "403a", "403a", "403a", "403a", "403a", "403u"]),
-            ("create vm/drive", |v, _, _| Action::CreateIn { project_member: v.project_member }, ["ok", "ok", "ok", "ok", "ok", "404", "403u"]),
-            ("unlock admin half", |v, _, _| Action::Unlock { half: ShareHalf::Admin, project_member: v.project_member }, ["ok", "403a", "403a", "403a", "403a", "404", "403u"]),
-            ("unlock member half", |v, _, _| Action::Unlock { half: ShareHalf::Member, project_member: v.project_member }, ["ok", "ok", "ok", "ok", "ok", "404", "403u"]),
-            ("lock", |v, _, _| Action::Lock { project_member: v.project_member }, ["ok", "ok", "ok", "ok", "ok", "404", "403u"]),
-            ("view vm", |v, _, _| Action::Vm(VmAction::View, v.clone()), ["403r", "ok", "ok", "404", "404", "404", "403u"]),
-            ("vm members", |v, _, _| Action::Vm(VmAction::Members, v.clone()), ["403r", "ok", "ok", "404", "404", "404", "403u"]),
-            ("start", |v, _, _| Action::Vm(VmAction::Start, v.clone()), ["403r", "ok", "ok", "404", "404", "404", "403u"]),
-            ("stop", |v, _, _| Action::Vm(VmAction::Stop, v.clone()), ["403r", "ok", "ok", "404", "404", "404", "403u"]),
-            ("keepalive", |v, _, _| Action::Vm(VmAction::Keepalive, v.clone()), ["403r", "ok", "ok", "404", "404", "404", "403u"]),
-            ("patch vm", |v, _, _| Action::Vm(VmAction::Update, v.clone()), ["403r", "ok", "403o", "404", "404", "404", "403u"]),
-            ("delete vm", |v, _, _| Action::Vm(VmAction::Delete, v.clone()), ["403r", "ok", "403o", "404", "404", "404", "403u"]),
-            ("attach drive", |v, _, _| Action::Vm(VmAction::Attach, v.clone()), ["403r", "ok", "403o", "404", "404", "404", "403u"]),
-            ("detach drive", |v, _, _| Action::Vm(VmAction::Detach, v.clone()), ["403r", "ok", "404", "404", "404", "404", "403u"]),
-            ("see vm drives", |v, _, _| Action::Vm(VmAction::SeeDrives, v.clone()), ["403r", "ok", "403o", "404", "404", "404", "403u"]),
-            ("view/delete drive", |_, d, _| Action::Drive(*d), ["404", "ok", "404", "404", "404", "404", "403u"]),
-            ("share user", |v, _, _| Action::Share { vm: v.clone(), target: same_team_target(), role: Role::User, confirm: false, max_owners: 2 }, ["403r", "ok", "ok", "404", "404", "404", "403u"]),
-            ("share owner confirmed", |v, _, _| Action::Share { vm: v.clone(), target: same_team_target(), role: Role::Owner, confirm: true, max_owners: 2 }, ["403r", "ok", "403o", "404", "404", "404", "403u"]),
-            ("unshare other", |v, _, _| Action::Unshare { vm: v.clone(), target: TargetFacts { role: Some(Role::User), ..same_team_target() } }, ["403r", "ok", "403o", "404", "404", "404", "403u"]),
-            ("unshare self", |v, _, _| Action::Unshare { vm: v.clone(), target: TargetFacts { role: v.role, is_self: true, ..same_team_target() } }, ["403r", "409last", "ok", "404", "404", "404", "403u"]),
+            (
+                "health",
+                |_, _, _| Action::Health,
+                ["ok", "ok", "ok", "ok", "ok", "ok", "ok"],
+            ),
+            (
+                "me/list/events",
+                |_, _, _| Action::Registered,
+                ["ok", "ok", "ok", "ok", "ok", "ok", "403u"],
+            ),
+            (
+                "users",
+                |_, _, _| Action::Admin(AdminAction::ManageUsers),
+                ["ok", "403a", "403a", "403a", "403a", "403a", "403u"],
+            ),
+            (
+                "create project",
+                |_, _, _| Action::Admin(AdminAction::CreateProject),
+                ["ok", "403a", "403a", "403a", "403a", "403a", "403u"],
+            ),
+            (
+                "project members",
+                |_, _, _| Action::Admin(AdminAction::ManageMembers),
+                ["ok", "403a", "403a", "403a", "403a", "403a", "403u"],
+            ),
+            (
+                "host inventory",
+                |_, _, _| Action::Admin(AdminAction::HostInventory),
+                ["ok", "403a", "403a", "403a", "403a", "403a", "403u"],
+            ),
+            (
+                "host stop",
+                |_, _, _| Action::Admin(AdminAction::HostStop),
+                ["ok", "403a", "403a", "403a", "403a", "403a", "403u"],
+            ),
+            (
+                "metrics",
+                |_, _, _| Action::Admin(AdminAction::Metrics),
+                ["ok", "403a", "403a", "403a", "403a", "403a", "403u"],
+            ),
+            (
+                "create vm/drive",
+                |v, _, _| Action::CreateIn {
+                    project_member: v.project_member,
+                },
+                ["ok", "ok", "ok", "ok", "ok", "404", "403u"],
+            ),
+            (
+                "unlock admin half",
+                |v, _, _| Action::Unlock {
+                    half: ShareHalf::Admin,
+                    project_member: v.project_member,
+                },
+                ["ok", "403a", "403a", "403a", "403a", "404", "403u"],
+            ),
+            (
+                "unlock member half",
+                |v, _, _| Action::Unlock {
+                    half: ShareHalf::Member,
+                    project_member: v.project_member,
+                },
+                ["ok", "ok", "ok", "ok", "ok", "404", "403u"],
+            ),
+            (
+                "lock",
+                |v, _, _| Action::Lock {
+                    project_member: v.project_member,
+                },
+                ["ok", "ok", "ok", "ok", "ok", "404", "403u"],
+            ),
+            (
+                "view vm",
+                |v, _, _| Action::Vm(VmAction::View, v.clone()),
+                ["403r", "ok", "ok", "404", "404", "404", "403u"],
+            ),
+            (
+                "vm members",
+                |v, _, _| Action::Vm(VmAction::Members, v.clone()),
+                ["403r", "ok", "ok", "404", "404", "404", "403u"],
+            ),
+            (
+                "start",
+                |v, _, _| Action::Vm(VmAction::Start, v.clone()),
+                ["403r", "ok", "ok", "404", "404", "404", "403u"],
+            ),
+            (
+                "stop",
+                |v, _, _| Action::Vm(VmAction::Stop, v.clone()),
+                ["403r", "ok", "ok", "404", "404", "404", "403u"],
+            ),
+            (
+                "keepalive",
+                |v, _, _| Action::Vm(VmAction::Keepalive, v.clone()),
+                ["403r", "ok", "ok", "404", "404", "404", "403u"],
+            ),
+            (
+                "patch vm",
+                |v, _, _| Action::Vm(VmAction::Update, v.clone()),
+                ["403r", "ok", "403o", "404", "404", "404", "403u"],
+            ),
+            (
+                "delete vm",
+                |v, _, _| Action::Vm(VmAction::Delete, v.clone()),
+                ["403r", "ok", "403o", "404", "404", "404", "403u"],
+            ),
+            (
+                "attach drive",
+                |v, _, _| Action::Vm(VmAction::Attach, v.clone()),
+                ["403r", "ok", "403o", "404", "404", "404", "403u"],
+            ),
+            (
+                "detach drive",
+                |v, _, _| Action::Vm(VmAction::Detach, v.clone()),
+                ["403r", "ok", "404", "404", "404", "404", "403u"],
+            ),
+            (
+                "see vm drives",
+                |v, _, _| Action::Vm(VmAction::SeeDrives, v.clone()),
+                ["403r", "ok", "403o", "404", "404", "404", "403u"],
+            ),
+            (
+                "view/delete drive",
+                |_, d, _| Action::Drive(*d),
+                ["404", "ok", "404", "404", "404", "404", "403u"],
+            ),
+            (
+                "share user",
+                |v, _, _| Action::Share {
+                    vm: v.clone(),
+                    target: same_team_target(),
+                    role: Role::User,
+                    confirm: false,
+                    max_owners: 2,
+                },
+                ["403r", "ok", "ok", "404", "404", "404", "403u"],
+            ),
+            (
+                "share owner confirmed",
+                |v, _, _| Action::Share {
+                    vm: v.clone(),
+                    target: same_team_target(),
+                    role: Role::Owner,
+                    confirm: true,
+                    max_owners: 2,
+                },
+                ["403r", "ok", "403o", "404", "404", "404", "403u"],
+            ),
+            (
+                "unshare other",
+                |v, _, _| Action::Unshare {
+                    vm: v.clone(),
+                    target: TargetFacts {
+                        role: Some(Role::User),
+                        ..same_team_target()
+                    },
+                },
+                ["403r", "ok", "403o", "404", "404", "404", "403u"],
+            ),
+            (
+                "unshare self",
+                |v, _, _| Action::Unshare {
+                    vm: v.clone(),
+                    target: TargetFacts {
+                        role: v.role,
+                        is_self: true,
+                        ..same_team_target()
+                    },
+                },
+                ["403r", "409last", "ok", "404", "404", "404", "403u"],
+            ),
         ];
         let mut failures = vec![];
         for (name, build, expected) in &table {
@@ -519,7 +662,10 @@ mod tests {
                 let (p, vm, drive) = setup(*rel);
                 let got = code(decide(&p, &build(&vm, &drive, &p)));
                 if got != expected[i] {
-                    failures.push(format!("{name} / {rel:?}: expected {}, got {got}", expected[i]));
+                    failures.push(format!(
+                        "{name} / {rel:?}: expected {}, got {got}",
+                        expected[i]
+                    ));
                 }
             }
         }
@@ -529,11 +675,32 @@ mod tests {
     /// The sharing rules of DESIGN 1, one row each: caller role, target facts, request, outcome.
     #[test]
     fn sharing_rules_table() {
-        let owner = Principal { name: n("olivia"), team: Some(t("lab")), admin: false };
-        let user = Principal { name: n("ulrich"), ..owner.clone() };
-        let outsider_sharer = Principal { name: n("oscar"), team: Some(t("far")), admin: false };
-        let vm = |role, owners| VmFacts { project_member: true, role: Some(role), team: t("lab"), owners };
-        let tgt = |team: Option<&str>, member, role| TargetFacts { team: team.map(t), project_member: member, role, is_self: false };
+        let owner = Principal {
+            name: n("olivia"),
+            team: Some(t("lab")),
+            admin: false,
+        };
+        let user = Principal {
+            name: n("ulrich"),
+            ..owner.clone()
+        };
+        let outsider_sharer = Principal {
+            name: n("oscar"),
+            team: Some(t("far")),
+            admin: false,
+        };
+        let vm = |role, owners| VmFacts {
+            project_member: true,
+            role: Some(role),
+            team: t("lab"),
+            owners,
+        };
+        let tgt = |team: Option<&str>, member, role| TargetFacts {
+            team: team.map(t),
+            project_member: member,
+            role,
+            is_self: false,
+        };
         #[rustfmt::skip]
         let rows: Vec<(&str, &Principal, VmFacts, TargetFacts, Role, bool, &str)> = vec![
             ("1 user shares user in team",       &user,  vm(Role::User, 1),  tgt(Some("lab"), true, None), Role::User, false, "ok"),
@@ -553,16 +720,39 @@ mod tests {
             ("6 user cannot demote an owner",    &user,  vm(Role::User, 2),  tgt(Some("lab"), true, Some(Role::Owner)), Role::User, false, "403o"),
         ];
         for (name, p, vm, target, role, confirm, exp) in rows {
-            let got = code(decide(p, &Action::Share { vm, target, role, confirm, max_owners: 2 }));
+            let got = code(decide(
+                p,
+                &Action::Share {
+                    vm,
+                    target,
+                    role,
+                    confirm,
+                    max_owners: 2,
+                },
+            ));
             assert_eq!(got, exp, "{name}");
         }
     }
 
     #[test]
     fn unshare_rules_table() {
-        let owner = Principal { name: n("olivia"), team: Some(t("lab")), admin: false };
-        let vm = |role, owners| VmFacts { project_member: true, role: Some(role), team: t("lab"), owners };
-        let tgt = |role, is_self| TargetFacts { team: Some(t("lab")), project_member: true, role, is_self };
+        let owner = Principal {
+            name: n("olivia"),
+            team: Some(t("lab")),
+            admin: false,
+        };
+        let vm = |role, owners| VmFacts {
+            project_member: true,
+            role: Some(role),
+            team: t("lab"),
+            owners,
+        };
+        let tgt = |role, is_self| TargetFacts {
+            team: Some(t("lab")),
+            project_member: true,
+            role,
+            is_self,
+        };
         #[rustfmt::skip]
         let rows = vec![
             ("owner removes a user",          vm(Role::Owner, 1), tgt(Some(Role::User), false), "ok"),
@@ -574,7 +764,11 @@ mod tests {
             ("user removes an owner",         vm(Role::User, 1),  tgt(Some(Role::Owner), false), "403o"),
         ];
         for (name, vm, target, exp) in rows {
-            assert_eq!(code(decide(&owner, &Action::Unshare { vm, target })), exp, "{name}");
+            assert_eq!(
+                code(decide(&owner, &Action::Unshare { vm, target })),
+                exp,
+                "{name}"
+            );
         }
     }
 }

@@ -101,7 +101,9 @@ fn deny(d: Denial, what: &str) -> ServiceError {
             "Co-ownership hands over the VM's drives: set confirm_drive_access to true".into()
         }
         Denial::MaxOwnersReached => format!("VM {what} already has the most owners allowed"),
-        Denial::NotProjectMember => format!("The target is not a member of the VM's project {what}"),
+        Denial::NotProjectMember => {
+            format!("The target is not a member of the VM's project {what}")
+        }
         Denial::LastOwner => format!("VM {what} must keep at least one owner"),
     };
     ServiceError::Denied(DenialMsg { denial: d, message })
@@ -386,12 +388,7 @@ impl Service {
     }
 
     fn vm_lock(&self, id: VmId) -> Arc<tokio::sync::Mutex<()>> {
-        self.vm_locks
-            .lock()
-            .unwrap()
-            .entry(id)
-            .or_default()
-            .clone()
+        self.vm_locks.lock().unwrap().entry(id).or_default().clone()
     }
 
     // ----- principals -----
@@ -399,10 +396,20 @@ impl Service {
     /// Resolves the principal of a request: the peer, or for an orchestrator the user it acts
     /// for. Reads the registry on every request, so a share or a registration takes effect in
     /// the very next request.
-    pub async fn principal(&self, peer: UserName, acting_for: Option<UserName>) -> Result<Principal> {
+    pub async fn principal(
+        &self,
+        peer: UserName,
+        acting_for: Option<UserName>,
+    ) -> Result<Principal> {
         let name = match acting_for {
             Some(u) if u != peer => {
-                if !self.cfg.access.orchestrators.iter().any(|o| o == peer.as_str()) {
+                if !self
+                    .cfg
+                    .access
+                    .orchestrators
+                    .iter()
+                    .any(|o| o == peer.as_str())
+                {
                     return Err(ServiceError::Denied(DenialMsg {
                         denial: Denial::AdminRequired,
                         message: format!(
@@ -431,7 +438,12 @@ impl Service {
         }
     }
 
-    fn audit<'a>(p: &'a Principal, action: &'a str, target: String, vm: Option<VmId>) -> AuditCtx<'a> {
+    fn audit<'a>(
+        p: &'a Principal,
+        action: &'a str,
+        target: String,
+        vm: Option<VmId>,
+    ) -> AuditCtx<'a> {
         AuditCtx {
             actor: p.name.as_str(),
             action,
@@ -498,7 +510,12 @@ impl Service {
         let actor = p.clone();
         let u = user.clone();
         let change = self
-            .db(move |s| s.put_user(&Self::audit(&actor, "user.put", u.name.to_string(), None), &u))
+            .db(move |s| {
+                s.put_user(
+                    &Self::audit(&actor, "user.put", u.name.to_string(), None),
+                    &u,
+                )
+            })
             .await?;
         Ok(Changed {
             change,
@@ -510,8 +527,13 @@ impl Service {
     pub async fn delete_user(&self, p: &Principal, name: UserName) -> Result<Change> {
         self.check(p, &Action::Admin(AdminAction::ManageUsers), "")?;
         let actor = p.clone();
-        self.db(move |s| s.delete_user(&Self::audit(&actor, "user.delete", name.to_string(), None), &name))
-            .await
+        self.db(move |s| {
+            s.delete_user(
+                &Self::audit(&actor, "user.delete", name.to_string(), None),
+                &name,
+            )
+        })
+        .await
     }
 
     // ----- projects and keys -----
@@ -584,14 +606,22 @@ impl Service {
         self.check(p, &Action::Admin(AdminAction::ManageMembers), "")?;
         let pr = project.clone();
         if self.db(move |s| s.project(&pr)).await?.is_none() {
-            return Err(ServiceError::NotFound(format!("Project {project} not found")));
+            return Err(ServiceError::NotFound(format!(
+                "Project {project} not found"
+            )));
         }
         let u = user.clone();
         if present && self.db(move |s| s.user(&u)).await?.is_none() {
-            return Err(ServiceError::Invalid(format!("User {user} is not registered")));
+            return Err(ServiceError::Invalid(format!(
+                "User {user} is not registered"
+            )));
         }
         let actor = p.clone();
-        let action = if present { "project.member_add" } else { "project.member_remove" };
+        let action = if present {
+            "project.member_add"
+        } else {
+            "project.member_remove"
+        };
         self.db(move |s| {
             let mut a = Self::audit(&actor, action, project.to_string(), None);
             a.detail = user.to_string();
@@ -600,17 +630,28 @@ impl Service {
         .await
     }
 
-    async fn project_row(&self, p: &Principal, project: &ProjectName) -> Result<crate::store::ProjectRow> {
+    async fn project_row(
+        &self,
+        p: &Principal,
+        project: &ProjectName,
+    ) -> Result<crate::store::ProjectRow> {
         let pr = project.clone();
         let row = self.db(move |s| s.project(&pr)).await?;
         match row {
             Some(r) if p.admin || r.members.contains(&p.name) => Ok(r),
-            _ => Err(ServiceError::NotFound(format!("Project {project} not found"))),
+            _ => Err(ServiceError::NotFound(format!(
+                "Project {project} not found"
+            ))),
         }
     }
 
     /// Takes one half of the project key.
-    pub async fn unlock(&self, p: &Principal, project: ProjectName, share: SecretBytes) -> Result<LockStatus> {
+    pub async fn unlock(
+        &self,
+        p: &Principal,
+        project: ProjectName,
+        share: SecretBytes,
+    ) -> Result<LockStatus> {
         let row = {
             let pr = project.clone();
             self.db(move |s| s.project(&pr)).await?
@@ -622,14 +663,25 @@ impl Service {
             Err(e) => {
                 // Unknown projects answer 404 before a malformed share is judged.
                 if row.is_none() || !(p.admin || member) {
-                    return Err(ServiceError::NotFound(format!("Project {project} not found")));
+                    return Err(ServiceError::NotFound(format!(
+                        "Project {project} not found"
+                    )));
                 }
                 return Err(ServiceError::Share(e));
             }
         };
-        self.check(p, &Action::Unlock { half, project_member: member }, project.as_str())?;
+        self.check(
+            p,
+            &Action::Unlock {
+                half,
+                project_member: member,
+            },
+            project.as_str(),
+        )?;
         let Some(row) = row else {
-            return Err(ServiceError::NotFound(format!("Project {project} not found")));
+            return Err(ServiceError::NotFound(format!(
+                "Project {project} not found"
+            )));
         };
         let who = Submitter {
             name: p.name.clone(),
@@ -650,7 +702,14 @@ impl Service {
             )
             .map_err(ServiceError::Share);
         let actor = p.clone();
-        let (pr, half_name) = (project.clone(), if half == ShareHalf::Admin { "admin" } else { "member" });
+        let (pr, half_name) = (
+            project.clone(),
+            if half == ShareHalf::Admin {
+                "admin"
+            } else {
+                "member"
+            },
+        );
         let result_text = match &outcome {
             Ok(UnlockOutcome::Pending) => "ok".to_string(),
             Ok(UnlockOutcome::Unlocked) => "ok".to_string(),
@@ -688,13 +747,24 @@ impl Service {
     /// Forgets the project key now.
     pub async fn lock(&self, p: &Principal, project: ProjectName) -> Result<LockStatus> {
         let member = self.is_member(&project, &p.name).await?;
-        self.check(p, &Action::Lock { project_member: member }, project.as_str())?;
+        self.check(
+            p,
+            &Action::Lock {
+                project_member: member,
+            },
+            project.as_str(),
+        )?;
         self.project_row(p, &project).await?;
         let held = self.keys.lock(&project);
         let actor = p.clone();
         let pr = project.clone();
-        self.db(move |s| s.audit_outcome(&Self::audit(&actor, "project.lock", pr.to_string(), None), "ok"))
-            .await?;
+        self.db(move |s| {
+            s.audit_outcome(
+                &Self::audit(&actor, "project.lock", pr.to_string(), None),
+                "ok",
+            )
+        })
+        .await?;
         if held {
             let _ = self.events.send(Event {
                 kind: "project.locked",
@@ -714,7 +784,10 @@ impl Service {
         self.check(p, &Action::Admin(AdminAction::CreateProject), "")?;
         let row = self.project_row(p, &project).await?;
         let now = Instant::now();
-        let old = self.keys.clone_key(&project, now).map_err(|e| ServiceError::Locked(e.to_string()))?;
+        let old = self
+            .keys
+            .clone_key(&project, now)
+            .map_err(|e| ServiceError::Locked(e.to_string()))?;
         let pr = project.clone();
         let wrapped = self.db(move |s| s.project_drive_secrets(&pr)).await?;
         let nk = keys::generate();
@@ -741,7 +814,8 @@ impl Service {
             admin_share,
             member_share,
         } = nk;
-        self.keys.replace(&project, key, self.cfg.keys.unlock_ttl, Instant::now());
+        self.keys
+            .replace(&project, key, self.cfg.keys.unlock_ttl, Instant::now());
         Ok(CreatedProject {
             project: ProjectView {
                 lock: self.keys.status(&project, Instant::now()),
@@ -764,7 +838,13 @@ impl Service {
         size_mib: u64,
     ) -> Result<DriveView> {
         let member = self.is_member(&project, &p.name).await?;
-        self.check(p, &Action::CreateIn { project_member: member }, project.as_str())?;
+        self.check(
+            p,
+            &Action::CreateIn {
+                project_member: member,
+            },
+            project.as_str(),
+        )?;
         self.project_row(p, &project).await?;
         if size_mib == 0 || size_mib > MAX_DRIVE_MIB {
             return Err(ServiceError::Invalid(format!(
@@ -798,7 +878,13 @@ impl Service {
         let actor = p.clone();
         let d2 = drive.clone();
         let res = self
-            .db(move |s| s.create_drive(&Self::audit(&actor, "drive.create", d2.id.to_string(), None), &d2, &wrapped))
+            .db(move |s| {
+                s.create_drive(
+                    &Self::audit(&actor, "drive.create", d2.id.to_string(), None),
+                    &d2,
+                    &wrapped,
+                )
+            })
             .await;
         if let Err(e) = res {
             let _ = std::fs::remove_file(&path);
@@ -861,8 +947,13 @@ impl Service {
             });
         }
         let actor = p.clone();
-        self.db(move |s| s.delete_drive(&Self::audit(&actor, "drive.delete", id.to_string(), None), id))
-            .await?;
+        self.db(move |s| {
+            s.delete_drive(
+                &Self::audit(&actor, "drive.delete", id.to_string(), None),
+                id,
+            )
+        })
+        .await?;
         let path = self.drive_path(id);
         blocking(move || image::remove_image(&path)).await??;
         Ok(())
@@ -921,7 +1012,9 @@ impl Service {
 
     fn check_size(vcpus: u32, memory_mib: u64) -> Result<()> {
         if vcpus == 0 || vcpus > MAX_VCPUS {
-            return Err(ServiceError::Invalid(format!("vcpus must be between 1 and {MAX_VCPUS}")));
+            return Err(ServiceError::Invalid(format!(
+                "vcpus must be between 1 and {MAX_VCPUS}"
+            )));
         }
         if !(16..=MAX_MEMORY_MIB).contains(&memory_mib) {
             return Err(ServiceError::Invalid(format!(
@@ -947,7 +1040,9 @@ impl Service {
         }
         if let Some(c) = idle.cpu_percent {
             if !(0.0..=10_000.0).contains(&c) {
-                return Err(ServiceError::Invalid("idle.cpu_percent must be a percentage".into()));
+                return Err(ServiceError::Invalid(
+                    "idle.cpu_percent must be a percentage".into(),
+                ));
             }
         }
         Ok(())
@@ -956,12 +1051,20 @@ impl Service {
     /// Creates a VM configuration; the caller becomes its first owner and must own the drives.
     pub async fn create_vm(&self, p: &Principal, req: NewVm) -> Result<VmView> {
         let member = self.is_member(&req.project, &p.name).await?;
-        self.check(p, &Action::CreateIn { project_member: member }, req.project.as_str())?;
+        self.check(
+            p,
+            &Action::CreateIn {
+                project_member: member,
+            },
+            req.project.as_str(),
+        )?;
         Self::check_size(req.vcpus, req.memory_mib)?;
         let idle = req.idle.unwrap_or_default();
         self.check_idle(&idle)?;
         let Some(team) = p.team.clone() else {
-            return Err(ServiceError::Invalid("Register with a team before creating VMs".into()));
+            return Err(ServiceError::Invalid(
+                "Register with a team before creating VMs".into(),
+            ));
         };
         let mut seen = std::collections::HashSet::new();
         for d in &req.drives {
@@ -987,18 +1090,27 @@ impl Service {
         };
         let actor = p.clone();
         let v2 = vm.clone();
-        self.db(move |s| s.create_vm(&Self::audit(&actor, "vm.create", v2.id.to_string(), Some(v2.id)), &v2))
-            .await
-            .map_err(|e| match e {
-                ServiceError::Store(StoreError::Exists(what)) if what.starts_with("Attachment") => {
-                    ServiceError::Conflict {
-                        code: "drive_attached",
-                        message: "A listed drive was attached elsewhere meanwhile".into(),
-                    }
+        self.db(move |s| {
+            s.create_vm(
+                &Self::audit(&actor, "vm.create", v2.id.to_string(), Some(v2.id)),
+                &v2,
+            )
+        })
+        .await
+        .map_err(|e| match e {
+            ServiceError::Store(StoreError::Exists(what)) if what.starts_with("Attachment") => {
+                ServiceError::Conflict {
+                    code: "drive_attached",
+                    message: "A listed drive was attached elsewhere meanwhile".into(),
                 }
-                e => e,
-            })?;
-        self.emit("vm.created", Some(&vm), serde_json::json!({"id": vm.id, "name": vm.name}));
+            }
+            e => e,
+        })?;
+        self.emit(
+            "vm.created",
+            Some(&vm),
+            serde_json::json!({"id": vm.id, "name": vm.name}),
+        );
         self.view(p, vm).await
     }
 
@@ -1040,10 +1152,21 @@ impl Service {
             };
             let drives = if role == Role::Owner {
                 if drive_cache.is_none() {
-                    drive_cache = Some(self.db(|s| s.drives()).await?.into_iter().map(|d| (d.id, d)).collect());
+                    drive_cache = Some(
+                        self.db(|s| s.drives())
+                            .await?
+                            .into_iter()
+                            .map(|d| (d.id, d))
+                            .collect(),
+                    );
                 }
                 let cache = drive_cache.as_ref().expect("filled");
-                Some(vm.drives.iter().filter_map(|d| cache.get(d).cloned().map(DriveView::from)).collect())
+                Some(
+                    vm.drives
+                        .iter()
+                        .filter_map(|d| cache.get(d).cloned().map(DriveView::from))
+                        .collect(),
+                )
             } else {
                 None
             };
@@ -1071,7 +1194,12 @@ impl Service {
     }
 
     /// Changes size or idle policy (owners). Size changes apply at the next start.
-    pub async fn update_vm(&self, p: &Principal, id: VmId, patch: VmPatch) -> Result<Changed<VmView>> {
+    pub async fn update_vm(
+        &self,
+        p: &Principal,
+        id: VmId,
+        patch: VmPatch,
+    ) -> Result<Changed<VmView>> {
         let lock = self.vm_lock(id);
         let _g = lock.lock().await;
         let vm = self.vm_checked(p, id, VmAction::Update).await?;
@@ -1083,7 +1211,15 @@ impl Service {
         let actor = p.clone();
         let i2 = idle.clone();
         let change = self
-            .db(move |s| s.update_vm(&Self::audit(&actor, "vm.update", id.to_string(), Some(id)), id, vcpus, memory, &i2))
+            .db(move |s| {
+                s.update_vm(
+                    &Self::audit(&actor, "vm.update", id.to_string(), Some(id)),
+                    id,
+                    vcpus,
+                    memory,
+                    &i2,
+                )
+            })
             .await?;
         let vm = self.vm_checked(p, id, VmAction::View).await?;
         Ok(Changed {
@@ -1104,8 +1240,13 @@ impl Service {
             });
         }
         let actor = p.clone();
-        self.db(move |s| s.delete_vm(&Self::audit(&actor, "vm.delete", id.to_string(), Some(id)), id))
-            .await?;
+        self.db(move |s| {
+            s.delete_vm(
+                &Self::audit(&actor, "vm.delete", id.to_string(), Some(id)),
+                id,
+            )
+        })
+        .await?;
         self.emit("vm.deleted", Some(&vm), serde_json::json!({"id": id}));
         self.vm_locks.lock().unwrap().remove(&id);
         Ok(())
@@ -1173,9 +1314,16 @@ impl Service {
             })
             .await?;
         if change != Change::Unchanged {
-            self.emit("vm.shared", Some(&vm), serde_json::json!({"id": id, "user": target, "role": role}));
+            self.emit(
+                "vm.shared",
+                Some(&vm),
+                serde_json::json!({"id": id, "user": target, "role": role}),
+            );
         }
-        let vm = self.db(move |s| s.vm(id)).await?.ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
+        let vm = self
+            .db(move |s| s.vm(id))
+            .await?
+            .ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
         Ok(Changed {
             change,
             object: Members {
@@ -1185,7 +1333,14 @@ impl Service {
         })
     }
 
-    fn audit_denied(&self, p: &Principal, action: &str, target: &UserName, vm: VmId, e: &ServiceError) {
+    fn audit_denied(
+        &self,
+        p: &Principal,
+        action: &str,
+        target: &UserName,
+        vm: VmId,
+        e: &ServiceError,
+    ) {
         let code = match e {
             ServiceError::Denied(d) => format!("denied:{:?}", d.denial),
             other => format!("failed:{other}"),
@@ -1203,25 +1358,51 @@ impl Service {
     }
 
     /// Removes a role (rule 6); idempotent.
-    pub async fn unshare(&self, p: &Principal, id: VmId, target: UserName) -> Result<Changed<Members>> {
+    pub async fn unshare(
+        &self,
+        p: &Principal,
+        id: VmId,
+        target: UserName,
+    ) -> Result<Changed<Members>> {
         let lock = self.vm_lock(id);
         let _g = lock.lock().await;
         let (vm, facts) = self.vm_facts(p, id).await?;
         let tf = self.target_facts(p, &vm, &target).await?;
-        self.check(p, &Action::Unshare { vm: facts, target: tf.clone() }, &id.to_string())
-            .inspect_err(|e| self.audit_denied(p, "vm.unshare", &target, id, e))?;
+        self.check(
+            p,
+            &Action::Unshare {
+                vm: facts,
+                target: tf.clone(),
+            },
+            &id.to_string(),
+        )
+        .inspect_err(|e| self.audit_denied(p, "vm.unshare", &target, id, e))?;
         let change = if tf.role.is_none() {
             Change::Unchanged
         } else {
             let actor = p.clone();
             let t2 = target.clone();
-            self.db(move |s| s.set_role(&Self::audit(&actor, "vm.unshare", t2.to_string(), Some(id)), id, &t2, None))
-                .await?
+            self.db(move |s| {
+                s.set_role(
+                    &Self::audit(&actor, "vm.unshare", t2.to_string(), Some(id)),
+                    id,
+                    &t2,
+                    None,
+                )
+            })
+            .await?
         };
         if change != Change::Unchanged {
-            self.emit("vm.unshared", Some(&vm), serde_json::json!({"id": id, "user": target}));
+            self.emit(
+                "vm.unshared",
+                Some(&vm),
+                serde_json::json!({"id": id, "user": target}),
+            );
         }
-        let vm = self.db(move |s| s.vm(id)).await?.ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
+        let vm = self
+            .db(move |s| s.vm(id))
+            .await?
+            .ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
         Ok(Changed {
             change,
             object: Members {
@@ -1271,8 +1452,15 @@ impl Service {
                 .await;
         }
         r?;
-        let vm = self.db(move |s| s.vm(id)).await?.ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
-        self.emit("vm.state", Some(&vm), serde_json::json!({"id": id, "state": "running", "reason": "start"}));
+        let vm = self
+            .db(move |s| s.vm(id))
+            .await?
+            .ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
+        self.emit(
+            "vm.state",
+            Some(&vm),
+            serde_json::json!({"id": id, "state": "running", "reason": "start"}),
+        );
         self.view(p, vm).await
     }
 
@@ -1313,8 +1501,15 @@ impl Service {
         })
         .await?;
         let actor = p.clone();
-        self.db(move |s| s.set_state(&Self::audit(&actor, "vm.start", id.to_string(), Some(id)), id, VmState::Running, "start"))
-            .await
+        self.db(move |s| {
+            s.set_state(
+                &Self::audit(&actor, "vm.start", id.to_string(), Some(id)),
+                id,
+                VmState::Running,
+                "start",
+            )
+        })
+        .await
     }
 
     /// Stops the VM: ACPI shutdown, then destroy after `libvirt.shutdown_timeout`
@@ -1326,7 +1521,13 @@ impl Service {
         self.view(p, vm).await
     }
 
-    async fn stop_inner(&self, p: &Principal, vm: Vm, force: bool, reason: &'static str) -> Result<()> {
+    async fn stop_inner(
+        &self,
+        p: &Principal,
+        vm: Vm,
+        force: bool,
+        reason: &'static str,
+    ) -> Result<()> {
         let id = vm.id;
         let lock = self.vm_lock(id);
         let _g = lock.lock().await;
@@ -1349,19 +1550,34 @@ impl Service {
                 }
                 match h.destroy(id) {
                     Ok(()) => Ok("destroy"),
-                    Err(HypervisorError::NoDomain) => Ok(if force { "not_running" } else { "acpi" }),
+                    Err(HypervisorError::NoDomain) => {
+                        Ok(if force { "not_running" } else { "acpi" })
+                    }
                     Err(e) => Err(e),
                 }
             })
             .await?;
         let actor = p.clone();
         self.db(move |s| {
-            let mut a = Self::audit(&actor, if reason == "admin" { "host.stop" } else { "vm.stop" }, id.to_string(), Some(id));
+            let mut a = Self::audit(
+                &actor,
+                if reason == "admin" {
+                    "host.stop"
+                } else {
+                    "vm.stop"
+                },
+                id.to_string(),
+                Some(id),
+            );
             a.detail = format!("reason={reason} via={how}");
             s.set_state(&a, id, VmState::Stopped, reason)
         })
         .await?;
-        self.emit("vm.state", Some(&vm), serde_json::json!({"id": id, "state": "stopped", "reason": reason}));
+        self.emit(
+            "vm.state",
+            Some(&vm),
+            serde_json::json!({"id": id, "state": "stopped", "reason": reason}),
+        );
         Ok(())
     }
 
@@ -1369,8 +1585,13 @@ impl Service {
     pub async fn keepalive(&self, p: &Principal, id: VmId) -> Result<VmView> {
         let vm = self.vm_checked(p, id, VmAction::Keepalive).await?;
         let actor = p.clone();
-        self.db(move |s| s.audit_outcome(&Self::audit(&actor, "vm.keepalive", id.to_string(), Some(id)), "ok"))
-            .await?;
+        self.db(move |s| {
+            s.audit_outcome(
+                &Self::audit(&actor, "vm.keepalive", id.to_string(), Some(id)),
+                "ok",
+            )
+        })
+        .await?;
         self.view(p, vm).await
     }
 
@@ -1384,7 +1605,10 @@ impl Service {
         let (d, wrapped) = self.drive_for(p, drive).await?;
         self.drive_fits(&d, &vm.project, Some(id))?;
         if d.attached_to == Some(id) {
-            return Ok(Changed { change: Change::Unchanged, object: self.view(p, vm).await? });
+            return Ok(Changed {
+                change: Change::Unchanged,
+                object: self.view(p, vm).await?,
+            });
         }
         if self.hv(move |h| h.is_running(id)).await? {
             let disks = self.unwrap_disks(&vm, vec![(d.clone(), wrapped)])?;
@@ -1394,13 +1618,23 @@ impl Service {
         let actor = p.clone();
         self.db(move |s| {
             let mut a = Self::audit(&actor, "drive.attach", drive.to_string(), Some(id));
-            a.detail = format!("from_owner={}", d.owners.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(","));
+            a.detail = format!(
+                "from_owner={}",
+                d.owners
+                    .iter()
+                    .map(|o| o.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
             s.attach(&a, id, drive)
         })
         .await?;
         self.emit("drive.attached", Some(&vm), serde_json::json!({"id": id}));
         let vm = self.vm_checked(p, id, VmAction::View).await?;
-        Ok(Changed { change: Change::Created, object: self.view(p, vm).await? })
+        Ok(Changed {
+            change: Change::Created,
+            object: self.view(p, vm).await?,
+        })
     }
 
     /// Detaches a drive (hot when running); the caller keeps it.
@@ -1410,7 +1644,9 @@ impl Service {
         let vm = self.vm_checked(p, id, VmAction::Detach).await?;
         let (d, _) = self.drive_for(p, drive).await?;
         if d.attached_to != Some(id) {
-            return Err(ServiceError::NotFound(format!("Drive {drive} is not attached to VM {id}")));
+            return Err(ServiceError::NotFound(format!(
+                "Drive {drive} is not attached to VM {id}"
+            )));
         }
         if self.hv(move |h| h.is_running(id)).await? {
             let t = self.cfg.libvirt.detach_timeout;
@@ -1418,11 +1654,20 @@ impl Service {
         }
         let actor = p.clone();
         let keeper = p.name.clone();
-        self.db(move |s| s.detach(&Self::audit(&actor, "drive.detach", drive.to_string(), Some(id)), drive, &keeper))
-            .await?;
+        self.db(move |s| {
+            s.detach(
+                &Self::audit(&actor, "drive.detach", drive.to_string(), Some(id)),
+                drive,
+                &keeper,
+            )
+        })
+        .await?;
         self.emit("drive.detached", Some(&vm), serde_json::json!({"id": id}));
         let vm = self.vm_checked(p, id, VmAction::View).await?;
-        Ok(Changed { change: Change::Removed, object: self.view(p, vm).await? })
+        Ok(Changed {
+            change: Change::Removed,
+            object: self.view(p, vm).await?,
+        })
     }
 
     // ----- host -----
@@ -1451,7 +1696,10 @@ impl Service {
     /// Stops any VM for resource management, audited with reason `admin`.
     pub async fn host_stop(&self, p: &Principal, id: VmId, force: bool) -> Result<()> {
         self.check(p, &Action::Admin(AdminAction::HostStop), "")?;
-        let vm = self.db(move |s| s.vm(id)).await?.ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
+        let vm = self
+            .db(move |s| s.vm(id))
+            .await?
+            .ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
         self.stop_inner(p, vm, force, "admin").await
     }
 
@@ -1472,12 +1720,17 @@ impl Service {
     pub async fn reconcile(&self) -> Result<()> {
         let domains = self.hv(|h| h.list()).await?;
         let vms = self.db(|s| s.vms()).await?;
-        let running: std::collections::HashSet<VmId> = domains.iter().filter_map(|d| d.vm).collect();
+        let running: std::collections::HashSet<VmId> =
+            domains.iter().filter_map(|d| d.vm).collect();
         for d in &domains {
             match d.vm {
                 Some(id) if vms.iter().any(|v| v.id == id) => {}
-                Some(id) => tracing::warn!(domain = %d.name, vm = %id, "domain carries vmwarden metadata but its VM is unknown; left running"),
-                None => tracing::info!(domain = %d.name, "domain not managed by vmwarden; left alone"),
+                Some(id) => {
+                    tracing::warn!(domain = %d.name, vm = %id, "domain carries vmwarden metadata but its VM is unknown; left running")
+                }
+                None => {
+                    tracing::info!(domain = %d.name, "domain not managed by vmwarden; left alone")
+                }
             }
         }
         let system = Principal {
@@ -1500,7 +1753,11 @@ impl Service {
                 s.set_state(&a, id, state, reason)
             })
             .await?;
-            self.emit("vm.state", Some(&vm), serde_json::json!({"id": id, "state": state, "reason": reason}));
+            self.emit(
+                "vm.state",
+                Some(&vm),
+                serde_json::json!({"id": id, "state": state, "reason": reason}),
+            );
         }
         Ok(())
     }

@@ -33,29 +33,169 @@ fn every_endpoint_allowed_denied_and_hidden() {
         let w = world().await;
         let (c, vm, drv) = (&w.c, w.vm.as_str(), w.drive.as_str());
         // (method, path, body, allowed caller, denied caller + status, hidden caller)
-        type Row<'a> = (&'a str, String, Option<serde_json::Value>, &'a str, (&'a str, u16), Option<&'a str>);
+        type Row<'a> = (
+            &'a str,
+            String,
+            Option<serde_json::Value>,
+            &'a str,
+            (&'a str, u16),
+            Option<&'a str>,
+        );
         let rows: Vec<Row> = vec![
             ("GET", "/v1/me".into(), None, "alice", ("nobody", 403), None),
-            ("GET", "/v1/users".into(), None, "root", ("alice", 403), None),
-            ("PUT", "/v1/users/dave".into(), Some(json!({"team": "lab"})), "root", ("alice", 403), None),
-            ("DELETE", "/v1/users/dave".into(), None, "root", ("alice", 403), None),
-            ("GET", "/v1/projects".into(), None, "alice", ("nobody", 403), None),
-            ("POST", "/v1/projects".into(), Some(json!({"name": "other", "members": []})), "root", ("alice", 403), None),
-            ("PUT", "/v1/projects/genomics/members/carol".into(), None, "root", ("alice", 403), None),
-            ("DELETE", "/v1/projects/genomics/members/carol".into(), None, "root", ("alice", 403), None),
-            ("GET", "/v1/drives".into(), None, "alice", ("nobody", 403), None),
-            ("GET", format!("/v1/drives/{drv}"), None, "alice", ("nobody", 403), Some("bob")),
-            ("GET", "/v1/vms".into(), None, "alice", ("nobody", 403), None),
-            ("GET", format!("/v1/vms/{vm}"), None, "alice", ("nobody", 403), Some("carol")),
-            ("PATCH", format!("/v1/vms/{vm}"), Some(json!({"vcpus": 2})), "alice", ("root", 403), Some("bob")),
-            ("GET", format!("/v1/vms/{vm}/members"), None, "alice", ("root", 403), Some("carol")),
-            ("PUT", format!("/v1/vms/{vm}/members/bob"), Some(json!({"role": "user"})), "alice", ("root", 403), Some("carol")),
-            ("DELETE", format!("/v1/vms/{vm}/members/bob"), None, "alice", ("root", 403), Some("carol")),
-            ("POST", format!("/v1/vms/{vm}/keepalive"), None, "alice", ("root", 403), Some("carol")),
-            ("GET", "/v1/host/vms".into(), None, "root", ("alice", 403), None),
-            ("GET", "/v1/audit".into(), None, "root", ("nobody", 403), None),
+            (
+                "GET",
+                "/v1/users".into(),
+                None,
+                "root",
+                ("alice", 403),
+                None,
+            ),
+            (
+                "PUT",
+                "/v1/users/dave".into(),
+                Some(json!({"team": "lab"})),
+                "root",
+                ("alice", 403),
+                None,
+            ),
+            (
+                "DELETE",
+                "/v1/users/dave".into(),
+                None,
+                "root",
+                ("alice", 403),
+                None,
+            ),
+            (
+                "GET",
+                "/v1/projects".into(),
+                None,
+                "alice",
+                ("nobody", 403),
+                None,
+            ),
+            (
+                "POST",
+                "/v1/projects".into(),
+                Some(json!({"name": "other", "members": []})),
+                "root",
+                ("alice", 403),
+                None,
+            ),
+            (
+                "PUT",
+                "/v1/projects/genomics/members/carol".into(),
+                None,
+                "root",
+                ("alice", 403),
+                None,
+            ),
+            (
+                "DELETE",
+                "/v1/projects/genomics/members/carol".into(),
+                None,
+                "root",
+                ("alice", 403),
+                None,
+            ),
+            (
+                "GET",
+                "/v1/drives".into(),
+                None,
+                "alice",
+                ("nobody", 403),
+                None,
+            ),
+            (
+                "GET",
+                format!("/v1/drives/{drv}"),
+                None,
+                "alice",
+                ("nobody", 403),
+                Some("bob"),
+            ),
+            (
+                "GET",
+                "/v1/vms".into(),
+                None,
+                "alice",
+                ("nobody", 403),
+                None,
+            ),
+            (
+                "GET",
+                format!("/v1/vms/{vm}"),
+                None,
+                "alice",
+                ("nobody", 403),
+                Some("carol"),
+            ),
+            (
+                "PATCH",
+                format!("/v1/vms/{vm}"),
+                Some(json!({"vcpus": 2})),
+                "alice",
+                ("root", 403),
+                Some("bob"),
+            ),
+            (
+                "GET",
+                format!("/v1/vms/{vm}/members"),
+                None,
+                "alice",
+                ("root", 403),
+                Some("carol"),
+            ),
+            (
+                "PUT",
+                format!("/v1/vms/{vm}/members/bob"),
+                Some(json!({"role": "user"})),
+                "alice",
+                ("root", 403),
+                Some("carol"),
+            ),
+            (
+                "DELETE",
+                format!("/v1/vms/{vm}/members/bob"),
+                None,
+                "alice",
+                ("root", 403),
+                Some("carol"),
+            ),
+            (
+                "POST",
+                format!("/v1/vms/{vm}/keepalive"),
+                None,
+                "alice",
+                ("root", 403),
+                Some("carol"),
+            ),
+            (
+                "GET",
+                "/v1/host/vms".into(),
+                None,
+                "root",
+                ("alice", 403),
+                None,
+            ),
+            (
+                "GET",
+                "/v1/audit".into(),
+                None,
+                "root",
+                ("nobody", 403),
+                None,
+            ),
             ("GET", "/metrics".into(), None, "root", ("alice", 403), None),
-            ("POST", "/v1/projects/genomics/lock".into(), None, "alice", ("nobody", 403), Some("carol")),
+            (
+                "POST",
+                "/v1/projects/genomics/lock".into(),
+                None,
+                "alice",
+                ("nobody", 403),
+                Some("carol"),
+            ),
         ];
         for (m, path, body, ok, (denied, dstatus), hidden) in rows {
             let r = c.req(m, &path, Some(ok), body.clone()).await;
@@ -72,7 +212,12 @@ fn every_endpoint_allowed_denied_and_hidden() {
             }
         }
         // Health and the API document answer any peer.
-        assert_eq!(c.req("GET", "/v1/health", Some("nobody"), None).await.status, 200);
+        assert_eq!(
+            c.req("GET", "/v1/health", Some("nobody"), None)
+                .await
+                .status,
+            200
+        );
         let doc = c.req("GET", "/v1/openapi.json", Some("nobody"), None).await;
         assert_eq!(doc.body["openapi"].as_str().map(|s| &s[..2]), Some("3."));
     });
@@ -84,46 +229,198 @@ fn lifecycle_endpoints_allowed_denied_hidden() {
         let w = world().await;
         let (c, vm, drv) = (&w.c, w.vm.as_str(), w.drive.as_str());
         // Start: owner ok; admin member without role 403; non-member 404.
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("root"), None).await.status, 403);
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("carol"), None).await.status, 404);
-        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("root"), None)
+                .await
+                .status,
+            403
+        );
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("carol"), None)
+                .await
+                .status,
+            404
+        );
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(domain_running(vm));
-        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
         assert_eq!((r.status, r.code()), (409, "vm_running"));
-        let r = c.req("DELETE", &format!("/v1/vms/{vm}"), Some("alice"), None).await;
+        let r = c
+            .req("DELETE", &format!("/v1/vms/{vm}"), Some("alice"), None)
+            .await;
         assert_eq!((r.status, r.code()), (409, "vm_running"));
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("carol"), Some(json!({"force": true}))).await.status, 404);
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("root"), Some(json!({"force": true}))).await.status, 403);
-        let r = c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), Some(json!({"force": true}))).await;
-        assert_eq!((r.status, r.body["state"].as_str()), (200, Some("stopped")), "{r:?}");
+        assert_eq!(
+            c.req(
+                "POST",
+                &format!("/v1/vms/{vm}/stop"),
+                Some("carol"),
+                Some(json!({"force": true}))
+            )
+            .await
+            .status,
+            404
+        );
+        assert_eq!(
+            c.req(
+                "POST",
+                &format!("/v1/vms/{vm}/stop"),
+                Some("root"),
+                Some(json!({"force": true}))
+            )
+            .await
+            .status,
+            403
+        );
+        let r = c
+            .req(
+                "POST",
+                &format!("/v1/vms/{vm}/stop"),
+                Some("alice"),
+                Some(json!({"force": true})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["state"].as_str()),
+            (200, Some("stopped")),
+            "{r:?}"
+        );
         assert!(!domain_running(vm));
         // Admin host stop of a stopped VM is fine and audited with reason admin.
-        let r = c.req("POST", &format!("/v1/host/vms/{vm}/stop"), Some("root"), Some(json!({"force": true}))).await;
+        let r = c
+            .req(
+                "POST",
+                &format!("/v1/host/vms/{vm}/stop"),
+                Some("root"),
+                Some(json!({"force": true})),
+            )
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
-        let r = c.req("POST", &format!("/v1/host/vms/{vm}/stop"), Some("alice"), None).await;
+        let r = c
+            .req(
+                "POST",
+                &format!("/v1/host/vms/{vm}/stop"),
+                Some("alice"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 403);
         // Detach / attach: owner ok, non-member 404, admin 403.
-        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}/drives/{drv}"), Some("carol"), None).await.status, 404);
-        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}/drives/{drv}"), Some("root"), None).await.status, 403);
-        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}/drives/{drv}"), Some("alice"), None).await.status, 200);
-        assert_eq!(c.req("PUT", &format!("/v1/vms/{vm}/drives/{drv}"), Some("carol"), None).await.status, 404);
-        assert_eq!(c.req("PUT", &format!("/v1/vms/{vm}/drives/{drv}"), Some("alice"), None).await.status, 200);
+        assert_eq!(
+            c.req(
+                "DELETE",
+                &format!("/v1/vms/{vm}/drives/{drv}"),
+                Some("carol"),
+                None
+            )
+            .await
+            .status,
+            404
+        );
+        assert_eq!(
+            c.req(
+                "DELETE",
+                &format!("/v1/vms/{vm}/drives/{drv}"),
+                Some("root"),
+                None
+            )
+            .await
+            .status,
+            403
+        );
+        assert_eq!(
+            c.req(
+                "DELETE",
+                &format!("/v1/vms/{vm}/drives/{drv}"),
+                Some("alice"),
+                None
+            )
+            .await
+            .status,
+            200
+        );
+        assert_eq!(
+            c.req(
+                "PUT",
+                &format!("/v1/vms/{vm}/drives/{drv}"),
+                Some("carol"),
+                None
+            )
+            .await
+            .status,
+            404
+        );
+        assert_eq!(
+            c.req(
+                "PUT",
+                &format!("/v1/vms/{vm}/drives/{drv}"),
+                Some("alice"),
+                None
+            )
+            .await
+            .status,
+            200
+        );
         // Drive delete: attached -> 409; non-owner -> 404.
-        let r = c.req("DELETE", &format!("/v1/drives/{drv}"), Some("alice"), None).await;
+        let r = c
+            .req("DELETE", &format!("/v1/drives/{drv}"), Some("alice"), None)
+            .await;
         assert_eq!((r.status, r.code()), (409, "drive_attached"));
-        assert_eq!(c.req("DELETE", &format!("/v1/drives/{drv}"), Some("bob"), None).await.status, 404);
+        assert_eq!(
+            c.req("DELETE", &format!("/v1/drives/{drv}"), Some("bob"), None)
+                .await
+                .status,
+            404
+        );
         // VM delete: non-member 404, owner ok; the drive survives, detached, with alice.
-        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}"), Some("carol"), None).await.status, 404);
-        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}"), Some("alice"), None).await.status, 200);
+        assert_eq!(
+            c.req("DELETE", &format!("/v1/vms/{vm}"), Some("carol"), None)
+                .await
+                .status,
+            404
+        );
+        assert_eq!(
+            c.req("DELETE", &format!("/v1/vms/{vm}"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
         let r = c.get(&format!("/v1/drives/{drv}"), "alice").await;
         assert_eq!(r.body["attached_to"], serde_json::Value::Null);
-        assert_eq!(c.req("DELETE", &format!("/v1/drives/{drv}"), Some("alice"), None).await.status, 200);
-        assert!(!w.d.state().join("drives").join(format!("{drv}.qcow2")).exists());
+        assert_eq!(
+            c.req("DELETE", &format!("/v1/drives/{drv}"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
+        assert!(!w
+            .d
+            .state()
+            .join("drives")
+            .join(format!("{drv}.qcow2"))
+            .exists());
         // Drive and VM creation gated by membership.
-        let r = c.req("POST", "/v1/drives", Some("carol"), Some(json!({"project": "genomics", "name": "x", "size_mib": 16}))).await;
+        let r = c
+            .req(
+                "POST",
+                "/v1/drives",
+                Some("carol"),
+                Some(json!({"project": "genomics", "name": "x", "size_mib": 16})),
+            )
+            .await;
         assert_eq!(r.status, 404);
-        let r = c.req("POST", "/v1/vms", Some("carol"), Some(json!({"project": "genomics", "name": "x", "vcpus": 1, "memory_mib": 32}))).await;
+        let r = c
+            .req(
+                "POST",
+                "/v1/vms",
+                Some("carol"),
+                Some(json!({"project": "genomics", "name": "x", "vcpus": 1, "memory_mib": 32})),
+            )
+            .await;
         assert_eq!(r.status, 404);
     });
 }
@@ -147,7 +444,10 @@ fn unregistered_peer_gets_403_but_health() {
         let out = run(&["me"]);
         assert_eq!(out.status.code(), Some(4), "{out:?}");
         let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!((body["status"].as_u64(), body["code"].as_str()), (Some(403), Some("unregistered")));
+        assert_eq!(
+            (body["status"].as_u64(), body["code"].as_str()),
+            (Some(403), Some("unregistered"))
+        );
         let out = run(&["vm", "list"]);
         assert_eq!(out.status.code(), Some(4));
         let out = run(&["health"]);
@@ -156,8 +456,11 @@ fn unregistered_peer_gets_403_but_health() {
         let out = std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(bin("vmwarden"))
-            .arg("--socket").arg(&d.socket).args(["--as", "root", "--json", "user", "list"])
-            .output().unwrap();
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["--as", "root", "--json", "user", "list"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(4), "{out:?}");
     });
 }
@@ -211,19 +514,27 @@ fn slow_header_client_is_cut_off_while_others_are_served() {
         });
         let c = d.client();
         let mut slow = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-        slow.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+        slow.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
         let started = Instant::now();
         // Others are served while the slow client holds its connection.
         for _ in 0..5 {
             assert_eq!(c.req("GET", "/v1/health", None, None).await.status, 200);
         }
-        slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut buf = vec![];
         let _ = slow.read_to_end(&mut buf);
-        assert!(started.elapsed() < Duration::from_secs(10), "slow client was never cut off");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "slow client was never cut off"
+        );
         // Hyper answers a timed-out head with nothing or a 408; either way, the socket closed.
         let text = String::from_utf8_lossy(&buf);
-        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
         assert_eq!(c.req("GET", "/v1/health", None, None).await.status, 200);
     });
 }
@@ -232,13 +543,19 @@ fn slow_header_client_is_cut_off_while_others_are_served() {
 fn sigterm_drains_and_exits_cleanly() {
     rt().block_on(async {
         let mut d = Daemon::start(Opts::default());
-        assert_eq!(d.client().req("GET", "/v1/health", None, None).await.status, 200);
+        assert_eq!(
+            d.client().req("GET", "/v1/health", None, None).await.status,
+            200
+        );
         let st = d.terminate();
         assert!(st.success(), "{st:?}");
         assert!(!d.socket.exists(), "socket left behind");
         // A restart on the same paths works (the lock was released).
         d.spawn();
-        assert_eq!(d.client().req("GET", "/v1/health", None, None).await.status, 200);
+        assert_eq!(
+            d.client().req("GET", "/v1/health", None, None).await.status,
+            200
+        );
     });
 }
 
@@ -251,7 +568,10 @@ fn second_daemon_on_the_same_socket_refuses_to_start() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Another vmwardend holds"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Another vmwardend holds"),
+        "{out:?}"
+    );
     assert!(d.socket.exists());
 }
 
@@ -260,14 +580,29 @@ fn check_config_reports_key_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");
     std::fs::write(&p, "[keys]\nunlock_window = \"ten minutes\"\n").unwrap();
-    let out = std::process::Command::new(bin("vmwardend")).arg("--check-config").arg(&p).output().unwrap();
+    let out = std::process::Command::new(bin("vmwardend"))
+        .arg("--check-config")
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("keys.unlock_window") && err.contains("line 2, column 17"), "{err}");
+    assert!(
+        err.contains("keys.unlock_window") && err.contains("line 2, column 17"),
+        "{err}"
+    );
     std::fs::write(&p, "").unwrap();
-    let out = std::process::Command::new(bin("vmwardend")).arg("--check-config").arg(&p).output().unwrap();
+    let out = std::process::Command::new(bin("vmwardend"))
+        .arg("--check-config")
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/vmwarden.toml");
-    let out = std::process::Command::new(bin("vmwardend")).arg("--check-config").arg(shipped).output().unwrap();
+    let out = std::process::Command::new(bin("vmwardend"))
+        .arg("--check-config")
+        .arg(shipped)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
 }

@@ -9,7 +9,11 @@ use std::sync::{Arc, Mutex};
 
 #[test]
 fn kill9_mid_burst_loses_no_acknowledged_mutation() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut d = Daemon::start(Opts::default());
         let c = d.client();
@@ -19,12 +23,16 @@ fn kill9_mid_burst_loses_no_acknowledged_mutation() {
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = vec![];
         for i in 0..500 {
-            let (c, acked, count, answered) = (c.clone(), acked.clone(), count.clone(), answered.clone());
+            let (c, acked, count, answered) =
+                (c.clone(), acked.clone(), count.clone(), answered.clone());
             tasks.push(tokio::spawn(async move {
                 let name = format!("u{i}");
                 let fut = async {
                     let stream = tokio::net::UnixStream::connect(&c.socket).await.ok()?;
-                    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+                    let (mut s, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                            .ok()?;
                     tokio::spawn(conn);
                     let body = serde_json::to_vec(&json!({"team": "lab"})).unwrap();
                     let req = hyper::Request::builder()
@@ -53,23 +61,40 @@ fn kill9_mid_burst_loses_no_acknowledged_mutation() {
             let _ = t.await;
         }
         let acked = acked.lock().unwrap().clone();
-        assert!(acked.len() >= 100 && acked.len() < 500, "kill did not land mid-burst: {}", acked.len());
+        assert!(
+            acked.len() >= 100 && acked.len() < 500,
+            "kill did not land mid-burst: {}",
+            acked.len()
+        );
         {
             let conn = rusqlite::Connection::open(d.db()).unwrap();
-            let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+            let ok: String = conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
             assert_eq!(ok, "ok");
         }
         d.spawn();
         let r = c.get("/v1/users", "root").await;
         assert_eq!(r.status, 200);
-        let present: HashSet<String> = r.body.as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap().to_owned()).collect();
+        let present: HashSet<String> = r
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["name"].as_str().unwrap().to_owned())
+            .collect();
         let lost: Vec<_> = acked.difference(&present).collect();
         assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
         // Each acknowledged mutation has its audit row too.
         let r = c.get("/v1/audit?limit=10000", "root").await;
-        let audited: HashSet<String> = r.body.as_array().unwrap().iter()
+        let audited: HashSet<String> = r
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
             .filter(|e| e["action"] == "user.put")
-            .map(|e| e["target"].as_str().unwrap().to_owned()).collect();
+            .map(|e| e["target"].as_str().unwrap().to_owned())
+            .collect();
         assert!(acked.is_subset(&audited));
     });
 }

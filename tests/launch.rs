@@ -22,15 +22,31 @@ fn encrypted_drive_boots_and_prints_marker_with_no_secret_left() {
     rt().block_on(async {
         let d = Daemon::start(Opts::default());
         let (c, _s, drv, vm) = setup(&d, "VMWARDEN-MARKER-7f3a").await;
-        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
-        assert!(our_secrets(&[&drv]).is_empty(), "a vmwarden secret outlived the launch");
+        assert!(
+            our_secrets(&[&drv]).is_empty(),
+            "a vmwarden secret outlived the launch"
+        );
         assert!(domain_running(&vm));
         assert!(
-            wait_for_file_containing(&serial_log(&d, &vm), "VMWARDEN-MARKER-7f3a", Duration::from_secs(20)),
+            wait_for_file_containing(
+                &serial_log(&d, &vm),
+                "VMWARDEN-MARKER-7f3a",
+                Duration::from_secs(20)
+            ),
             "marker not on the serial port"
         );
-        let r = c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), Some(json!({"force": true}))).await;
+        let r = c
+            .req(
+                "POST",
+                &format!("/v1/vms/{vm}/stop"),
+                Some("alice"),
+                Some(json!({"force": true})),
+            )
+            .await;
         assert_eq!(r.status, 200);
         assert!(!domain_running(&vm));
     });
@@ -41,21 +57,50 @@ fn locked_project_refuses_launch_with_423_and_no_domain() {
     rt().block_on(async {
         let d = Daemon::start(Opts::default());
         let (c, s, drv, vm) = setup(&d, "LOCKED").await;
-        let r = c.req("POST", "/v1/projects/genomics/lock", Some("alice"), None).await;
+        let r = c
+            .req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
+            .await;
         assert_eq!((r.status, r.body["locked"].as_bool()), (200, Some(true)));
-        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
         assert_eq!((r.status, r.code()), (423, "project_locked"), "{r:?}");
         let detail = r.body["detail"].as_str().unwrap();
-        assert!(detail.contains("admin share") && detail.contains("member share"), "{detail}");
+        assert!(
+            detail.contains("admin share") && detail.contains("member share"),
+            "{detail}"
+        );
         assert!(!domain_running(&vm));
         // Half unlocked: the detail names the missing half.
-        let r = c.req("POST", "/v1/projects/genomics/unlock", Some("root"), Some(json!({"share": s.admin}))).await;
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/genomics/unlock",
+                Some("root"),
+                Some(json!({"share": s.admin})),
+            )
+            .await;
         assert_eq!(r.status, 200);
-        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
         assert_eq!(r.status, 423);
-        assert!(r.body["detail"].as_str().unwrap().contains("a project member must submit the member share"), "{r:?}");
+        assert!(
+            r.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("a project member must submit the member share"),
+            "{r:?}"
+        );
         // Creating a drive is refused too.
-        let r = c.req("POST", "/v1/drives", Some("alice"), Some(json!({"project": "genomics", "name": "x", "size_mib": 16}))).await;
+        let r = c
+            .req(
+                "POST",
+                "/v1/drives",
+                Some("alice"),
+                Some(json!({"project": "genomics", "name": "x", "size_mib": 16})),
+            )
+            .await;
         assert_eq!(r.status, 423);
         assert!(our_secrets(&[&drv]).is_empty());
     });
@@ -66,7 +111,12 @@ fn restart_leaves_project_locked_and_vm_running() {
     rt().block_on(async {
         let mut d = Daemon::start(Opts::default());
         let (c, _s, _drv, vm) = setup(&d, "RESTART").await;
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await.status, 200);
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
         let _ = d.terminate();
         d.spawn();
         let r = c.get("/v1/projects", "alice").await;
@@ -84,18 +134,38 @@ fn tampered_wrapped_passphrase_fails_cleanly_without_qemu() {
         let (c, _s, drv, vm) = setup(&d, "TAMPER").await;
         {
             let conn = rusqlite::Connection::open(d.db()).unwrap();
-            let mut w: Vec<u8> = conn.query_row("SELECT wrapped FROM drives WHERE id = ?1", [&drv], |r| r.get(0)).unwrap();
+            let mut w: Vec<u8> = conn
+                .query_row("SELECT wrapped FROM drives WHERE id = ?1", [&drv], |r| {
+                    r.get(0)
+                })
+                .unwrap();
             let last = w.len() - 1;
             w[last] ^= 0x01;
-            conn.execute("UPDATE drives SET wrapped = ?2 WHERE id = ?1", rusqlite::params![drv, w]).unwrap();
+            conn.execute(
+                "UPDATE drives SET wrapped = ?2 WHERE id = ?1",
+                rusqlite::params![drv, w],
+            )
+            .unwrap();
         }
-        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
         assert_eq!((r.status, r.code()), (500, "drive_secret_invalid"), "{r:?}");
         assert!(r.body["detail"].as_str().unwrap().contains(&drv));
         assert!(!domain_running(&vm));
-        assert!(!std::path::Path::new(&format!("/var/log/libvirt/qemu/{vm}.log")).exists(), "QEMU was started");
+        assert!(
+            !std::path::Path::new(&format!("/var/log/libvirt/qemu/{vm}.log")).exists(),
+            "QEMU was started"
+        );
         let r = c.get(&format!("/v1/audit?vm={vm}"), "root").await;
-        assert!(r.body.as_array().unwrap().iter().any(|e| e["action"] == "vm.start" && e["outcome"] == "failed"), "{r:?}");
+        assert!(
+            r.body
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == "vm.start" && e["outcome"] == "failed"),
+            "{r:?}"
+        );
     });
 }
 
@@ -107,10 +177,19 @@ fn tcg_domain_type_boots_without_kvm() {
             ..Default::default()
         });
         let (c, _s, _drv, vm) = setup(&d, "TCG-BOOT").await;
-        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
-        assert!(virsh(&["dumpxml", &vm]).contains("type='qemu'"), "not a TCG domain");
-        assert!(wait_for_file_containing(&serial_log(&d, &vm), "TCG-BOOT", Duration::from_secs(30)));
+        assert!(
+            virsh(&["dumpxml", &vm]).contains("type='qemu'"),
+            "not a TCG domain"
+        );
+        assert!(wait_for_file_containing(
+            &serial_log(&d, &vm),
+            "TCG-BOOT",
+            Duration::from_secs(30)
+        ));
     });
 }
 
@@ -119,20 +198,58 @@ fn hot_attach_of_an_encrypted_drive_leaves_no_secret() {
     rt().block_on(async {
         let d = Daemon::start(Opts::default());
         let (c, _s, drv, vm) = setup(&d, "HOT").await;
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await.status, 200);
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
         let extra = drive(&c, "alice", "genomics", "extra").await;
-        let r = c.req("PUT", &format!("/v1/vms/{vm}/drives/{extra}"), Some("alice"), None).await;
+        let r = c
+            .req(
+                "PUT",
+                &format!("/v1/vms/{vm}/drives/{extra}"),
+                Some("alice"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(our_secrets(&[&drv, &extra]).is_empty());
         let xml = virsh(&["dumpxml", &vm]);
-        assert!(xml.contains(&format!("{extra}.qcow2")), "disk not attached live");
+        assert!(
+            xml.contains(&format!("{extra}.qcow2")),
+            "disk not attached live"
+        );
         // The boot-sector guest never releases a hot-detached disk: a precise 409.
-        let r = c.req("DELETE", &format!("/v1/vms/{vm}/drives/{extra}"), Some("alice"), None).await;
+        let r = c
+            .req(
+                "DELETE",
+                &format!("/v1/vms/{vm}/drives/{extra}"),
+                Some("alice"),
+                None,
+            )
+            .await;
         assert_eq!((r.status, r.code()), (409, "detach_timeout"), "{r:?}");
-        assert!(r.body["detail"].as_str().unwrap().contains("stop the VM first"));
+        assert!(r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stop the VM first"));
         // Stopped: a cold detach works.
-        c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), Some(json!({"force": true}))).await;
-        let r = c.req("DELETE", &format!("/v1/vms/{vm}/drives/{extra}"), Some("alice"), None).await;
+        c.req(
+            "POST",
+            &format!("/v1/vms/{vm}/stop"),
+            Some("alice"),
+            Some(json!({"force": true})),
+        )
+        .await;
+        let r = c
+            .req(
+                "DELETE",
+                &format!("/v1/vms/{vm}/drives/{extra}"),
+                Some("alice"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
     });
 }
@@ -142,29 +259,74 @@ fn cli_walkthrough_starts_and_stops_a_domain() {
     let d = Daemon::start(Opts::default());
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(bin("vmwarden"))
-            .arg("--socket").arg(&d.socket).args(args).output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     assert_eq!(cli(&["user", "put", "root", "--team", "ops"]).0, 0);
     assert_eq!(cli(&["user", "put", "alice", "--team", "lab"]).0, 0);
-    let (rc, out, _) = cli(&["--json", "project", "create", "genomics", "--member", "alice"]);
+    let (rc, out, _) = cli(&[
+        "--json", "project", "create", "genomics", "--member", "alice",
+    ]);
     assert_eq!(rc, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (a, m) = (dir.path().join("a"), dir.path().join("m"));
     std::fs::write(&a, v["admin_share"].as_str().unwrap()).unwrap();
     std::fs::write(&m, v["member_share"].as_str().unwrap()).unwrap();
-    assert_eq!(cli(&["project", "unlock", "genomics", "--share-file", a.to_str().unwrap()]).0, 0);
+    assert_eq!(
+        cli(&[
+            "project",
+            "unlock",
+            "genomics",
+            "--share-file",
+            a.to_str().unwrap()
+        ])
+        .0,
+        0
+    );
     // The member share from stdin.
     let out = std::process::Command::new(bin("vmwarden"))
-        .arg("--socket").arg(&d.socket).args(["--as", "alice", "project", "unlock", "genomics"])
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["--as", "alice", "project", "unlock", "genomics"])
         .stdin(std::fs::File::open(&m).unwrap())
-        .output().unwrap();
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let (rc, out, err) = cli(&["--as", "alice", "--json", "drive", "create", "boot", "--project", "genomics", "--size-mib", "16"]);
+    let (rc, out, err) = cli(&[
+        "--as",
+        "alice",
+        "--json",
+        "drive",
+        "create",
+        "boot",
+        "--project",
+        "genomics",
+        "--size-mib",
+        "16",
+    ]);
     assert_eq!(rc, 0, "{err}");
     let drive: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let (rc, out, err) = cli(&["--as", "alice", "--json", "vm", "create", "web", "--project", "genomics", "--drive", drive["id"].as_str().unwrap()]);
+    let (rc, out, err) = cli(&[
+        "--as",
+        "alice",
+        "--json",
+        "vm",
+        "create",
+        "web",
+        "--project",
+        "genomics",
+        "--drive",
+        drive["id"].as_str().unwrap(),
+    ]);
     assert_eq!(rc, 0, "{err}");
     let vm: serde_json::Value = serde_json::from_str(&out).unwrap();
     let id = vm["id"].as_str().unwrap();
@@ -176,7 +338,13 @@ fn cli_walkthrough_starts_and_stops_a_domain() {
     assert!(out.contains("running") && out.contains("web"), "{out}");
     let (rc, _, _) = cli(&["--as", "alice", "vm", "start", id]);
     assert_eq!(rc, 5, "conflict exit code");
-    let (rc, _, _) = cli(&["--as", "alice", "vm", "show", "00000000-0000-0000-0000-000000000000"]);
+    let (rc, _, _) = cli(&[
+        "--as",
+        "alice",
+        "vm",
+        "show",
+        "00000000-0000-0000-0000-000000000000",
+    ]);
     assert_eq!(rc, 3, "not-found exit code");
     let (rc, _, _) = cli(&["--as", "alice", "user", "list"]);
     assert_eq!(rc, 4, "denied exit code");

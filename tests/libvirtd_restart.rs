@@ -10,16 +10,30 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn libvirtd_running() -> bool {
-    Command::new("pgrep").args(["-x", "libvirtd"]).status().unwrap().success()
+    Command::new("pgrep")
+        .args(["-x", "libvirtd"])
+        .status()
+        .unwrap()
+        .success()
 }
 
 fn start_libvirtd() {
     if !libvirtd_running() {
-        assert!(Command::new("libvirtd").arg("-d").status().unwrap().success());
+        assert!(Command::new("libvirtd")
+            .arg("-d")
+            .status()
+            .unwrap()
+            .success());
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if Command::new("virsh").args(["-c", "qemu:///system", "version"]).output().unwrap().status.success() {
+        if Command::new("virsh")
+            .args(["-c", "qemu:///system", "version"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -46,23 +60,44 @@ fn dead_libvirtd_gives_503_then_recovers_without_restart() {
         let drv = drive(&c, "alice", "genomics", "boot").await;
         write_boot_sector(&d, &s, "genomics", &drv, &boot_sector("BACK", false));
         let vm = vm(&c, "alice", "genomics", "web", &[&drv]).await;
-        assert_eq!(c.req("GET", "/v1/health", None, None).await.body["status"], "ok");
+        assert_eq!(
+            c.req("GET", "/v1/health", None, None).await.body["status"],
+            "ok"
+        );
 
         let _restore = Restore;
-        assert!(Command::new("pkill").args(["-x", "libvirtd"]).status().unwrap().success());
+        assert!(Command::new("pkill")
+            .args(["-x", "libvirtd"])
+            .status()
+            .unwrap()
+            .success());
         while libvirtd_running() {
             std::thread::sleep(Duration::from_millis(50));
         }
         for _ in 0..3 {
             // A guard against hanging, not a speed assertion.
-            let r = tokio::time::timeout(Duration::from_secs(30), c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None))
-                .await
-                .expect("request hung while libvirtd was down");
-            assert_eq!((r.status, r.code()), (503, "hypervisor_unavailable"), "{r:?}");
+            let r = tokio::time::timeout(
+                Duration::from_secs(30),
+                c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None),
+            )
+            .await
+            .expect("request hung while libvirtd was down");
+            assert_eq!(
+                (r.status, r.code()),
+                (503, "hypervisor_unavailable"),
+                "{r:?}"
+            );
             assert_eq!(r.retry_after.as_deref(), Some("5"));
         }
         let h = c.req("GET", "/v1/health", None, None).await;
-        assert_eq!((h.status, h.body["status"].as_str(), h.body["hypervisor"].as_str()), (200, Some("degraded"), Some("unavailable")));
+        assert_eq!(
+            (
+                h.status,
+                h.body["status"].as_str(),
+                h.body["hypervisor"].as_str()
+            ),
+            (200, Some("degraded"), Some("unavailable"))
+        );
         // Requests that need only the store keep working.
         assert_eq!(c.get("/v1/vms", "alice").await.status, 200);
 
@@ -70,7 +105,9 @@ fn dead_libvirtd_gives_503_then_recovers_without_restart() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut started = None;
         while Instant::now() < deadline {
-            let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+            let r = c
+                .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+                .await;
             if r.status == 200 {
                 started = Some(r);
                 break;
@@ -78,8 +115,21 @@ fn dead_libvirtd_gives_503_then_recovers_without_restart() {
             assert_eq!(r.status, 503, "{r:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(started.is_some(), "vmwardend did not recover after libvirtd came back");
-        assert!(wait_for_file_containing(&serial_log(&d, &vm), "BACK", Duration::from_secs(20)));
-        c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), Some(json!({"force": true}))).await;
+        assert!(
+            started.is_some(),
+            "vmwardend did not recover after libvirtd came back"
+        );
+        assert!(wait_for_file_containing(
+            &serial_log(&d, &vm),
+            "BACK",
+            Duration::from_secs(20)
+        ));
+        c.req(
+            "POST",
+            &format!("/v1/vms/{vm}/stop"),
+            Some("alice"),
+            Some(json!({"force": true})),
+        )
+        .await;
     });
 }

@@ -101,7 +101,9 @@ pub fn status_and_code(e: &ApiError) -> (StatusCode, &'static str) {
             },
             ServiceError::SecretCorrupt(_) => (S::INTERNAL_SERVER_ERROR, "drive_secret_invalid"),
             ServiceError::Hypervisor(h) => match h {
-                HypervisorError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "hypervisor_unavailable"),
+                HypervisorError::Unavailable(_) => {
+                    (S::SERVICE_UNAVAILABLE, "hypervisor_unavailable")
+                }
                 HypervisorError::NoDomain => (S::CONFLICT, "vm_not_running"),
                 HypervisorError::AlreadyRunning => (S::CONFLICT, "vm_running"),
                 HypervisorError::DetachTimeout(_) => (S::CONFLICT, "detach_timeout"),
@@ -159,41 +161,115 @@ mod tests {
             (ApiError::NoRoute("x".into()), 404, "no_route"),
             (ApiError::Method("x".into()), 405, "method_not_allowed"),
             (ApiError::UnknownPeer(7), 403, "unregistered"),
-            (ApiError::BadActingUser("x".into()), 400, "invalid_parameter"),
+            (
+                ApiError::BadActingUser("x".into()),
+                400,
+                "invalid_parameter",
+            ),
             (denied(Denial::Unregistered), 403, "unregistered"),
             (denied(Denial::Hidden(Hidden::Vm)), 404, "vm_not_found"),
-            (denied(Denial::Hidden(Hidden::Drive)), 404, "drive_not_found"),
-            (denied(Denial::Hidden(Hidden::Project)), 404, "project_not_found"),
+            (
+                denied(Denial::Hidden(Hidden::Drive)),
+                404,
+                "drive_not_found",
+            ),
+            (
+                denied(Denial::Hidden(Hidden::Project)),
+                404,
+                "project_not_found",
+            ),
             (denied(Denial::Hidden(Hidden::User)), 404, "user_not_found"),
             (denied(Denial::AdminRequired), 403, "admin_required"),
             (denied(Denial::OwnerRequired), 403, "owner_required"),
             (denied(Denial::RoleRequired), 403, "role_required"),
-            (denied(Denial::NotProjectMemberCaller), 403, "not_project_member"),
+            (
+                denied(Denial::NotProjectMemberCaller),
+                403,
+                "not_project_member",
+            ),
             (denied(Denial::MemberRequired), 403, "member_required"),
             (denied(Denial::TeamMismatch), 409, "team_mismatch"),
-            (denied(Denial::ConfirmationRequired), 409, "confirmation_required"),
+            (
+                denied(Denial::ConfirmationRequired),
+                409,
+                "confirmation_required",
+            ),
             (denied(Denial::MaxOwnersReached), 409, "max_owners_reached"),
             (denied(Denial::NotProjectMember), 409, "not_project_member"),
             (denied(Denial::LastOwner), 409, "last_owner"),
-            (svc(ServiceError::Invalid("x".into())), 400, "invalid_request"),
+            (
+                svc(ServiceError::Invalid("x".into())),
+                400,
+                "invalid_request",
+            ),
             (svc(ServiceError::NotFound("x".into())), 404, "not_found"),
-            (svc(ServiceError::Conflict { code: "no_drive", message: "x".into() }), 409, "no_drive"),
+            (
+                svc(ServiceError::Conflict {
+                    code: "no_drive",
+                    message: "x".into(),
+                }),
+                409,
+                "no_drive",
+            ),
             (svc(ServiceError::Locked("x".into())), 423, "project_locked"),
             (share(KeyError::Malformed), 400, "malformed_share"),
-            (share(KeyError::WrongSubmitter("a", "b")), 403, "wrong_submitter"),
+            (
+                share(KeyError::WrongSubmitter("a", "b")),
+                403,
+                "wrong_submitter",
+            ),
             (share(KeyError::InvalidShare), 409, "invalid_share"),
-            (share(KeyError::HalfAlreadyPending("a", "b")), 409, "half_already_pending"),
-            (share(KeyError::SamePrincipal("a".into())), 409, "two_people_required"),
-            (share(KeyError::Locked { project: "p".into(), waiting: "w".into() }), 423, "project_locked"),
-            (share(KeyError::Unwrap("d".into())), 500, "drive_secret_invalid"),
-            (svc(ServiceError::SecretCorrupt("x".into())), 500, "drive_secret_invalid"),
-            (hv(HypervisorError::Unavailable("x".into())), 503, "hypervisor_unavailable"),
+            (
+                share(KeyError::HalfAlreadyPending("a", "b")),
+                409,
+                "half_already_pending",
+            ),
+            (
+                share(KeyError::SamePrincipal("a".into())),
+                409,
+                "two_people_required",
+            ),
+            (
+                share(KeyError::Locked {
+                    project: "p".into(),
+                    waiting: "w".into(),
+                }),
+                423,
+                "project_locked",
+            ),
+            (
+                share(KeyError::Unwrap("d".into())),
+                500,
+                "drive_secret_invalid",
+            ),
+            (
+                svc(ServiceError::SecretCorrupt("x".into())),
+                500,
+                "drive_secret_invalid",
+            ),
+            (
+                hv(HypervisorError::Unavailable("x".into())),
+                503,
+                "hypervisor_unavailable",
+            ),
             (hv(HypervisorError::NoDomain), 409, "vm_not_running"),
             (hv(HypervisorError::AlreadyRunning), 409, "vm_running"),
-            (hv(HypervisorError::DetachTimeout(Duration::from_secs(1))), 409, "detach_timeout"),
-            (hv(HypervisorError::Failed("x".into())), 502, "hypervisor_error"),
+            (
+                hv(HypervisorError::DetachTimeout(Duration::from_secs(1))),
+                409,
+                "detach_timeout",
+            ),
+            (
+                hv(HypervisorError::Failed("x".into())),
+                502,
+                "hypervisor_error",
+            ),
             (hv(HypervisorError::Image("x".into())), 500, "image_error"),
-            (svc(ServiceError::Store(crate::store::StoreError::NotFound)), 500, "store_error"),
+            (
+                svc(ServiceError::Store(crate::store::StoreError::NotFound)),
+                500,
+                "store_error",
+            ),
             (svc(ServiceError::Task), 500, "internal"),
         ];
         for (e, status, code) in rows {
@@ -204,7 +280,9 @@ mod tests {
 
     #[test]
     fn unavailable_carries_retry_after() {
-        let e = ApiError::Service(ServiceError::Hypervisor(HypervisorError::Unavailable("down".into())));
+        let e = ApiError::Service(ServiceError::Hypervisor(HypervisorError::Unavailable(
+            "down".into(),
+        )));
         let (p, retry) = e.problem();
         assert_eq!(p.status, 503);
         assert_eq!(retry, Some(5));

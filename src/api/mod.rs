@@ -69,7 +69,9 @@ pub fn bind(cfg: &Config) -> Result<(UnixListener, SocketLock), BindError> {
     }
     let lock_path = path.with_file_name(format!(
         "{}.lock",
-        path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
     ));
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -86,8 +88,11 @@ pub fn bind(cfg: &Config) -> Result<(UnixListener, SocketLock), BindError> {
         Err(e) => return Err(io(path)(e)),
     }
     let listener = UnixListener::bind(path).map_err(io(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.daemon.socket_mode_bits()))
-        .map_err(io(path))?;
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(cfg.daemon.socket_mode_bits()),
+    )
+    .map_err(io(path))?;
     if !cfg.daemon.socket_group.is_empty() {
         match nix::unistd::Group::from_name(&cfg.daemon.socket_group) {
             Ok(Some(g)) => nix::unistd::chown(path, None, Some(g.gid))

@@ -332,21 +332,30 @@ async fn read_body(st: &State, req: Request<Incoming>) -> Result<Vec<u8>, ApiErr
             return Err(ApiError::TooLarge(max));
         }
     }
-    let collected = tokio::time::timeout(limits.header_timeout, Limited::new(req.into_body(), max).collect())
-        .await
-        .map_err(|_| ApiError::BodyTimeout)?
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ApiError::TooLarge(max)
-            } else {
-                ApiError::BadJson(format!("Body could not be read: {e}"))
-            }
-        })?;
+    let collected = tokio::time::timeout(
+        limits.header_timeout,
+        Limited::new(req.into_body(), max).collect(),
+    )
+    .await
+    .map_err(|_| ApiError::BodyTimeout)?
+    .map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            ApiError::TooLarge(max)
+        } else {
+            ApiError::BadJson(format!("Body could not be read: {e}"))
+        }
+    })?;
     Ok(collected.to_bytes().to_vec())
 }
 
 /// Handles one request; never fails (errors become problem+json).
-pub async fn handle(st: Arc<State>, peer_uid: Option<u32>, req: Request<Incoming>) -> Response<ApiBody> {
+pub async fn handle(
+    st: Arc<State>,
+    peer_uid: Option<u32>,
+    req: Request<Incoming>,
+) -> Response<ApiBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -365,7 +374,12 @@ pub async fn handle(st: Arc<State>, peer_uid: Option<u32>, req: Request<Incoming
     });
     let key = (format!("{method} {route}"), resp.status().as_u16());
     *st.metrics.lock().unwrap().entry(key).or_default() += 1;
-    tracing::debug!(route, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    tracing::debug!(
+        route,
+        status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
     resp
 }
 
@@ -380,7 +394,9 @@ async fn dispatch(
     match route {
         "/v1/health" => return Ok(json(StatusCode::OK, &svc.health().await)),
         "/v1/openapi.json" => {
-            let mut r = Response::new(ApiBody::Full(Full::new(Bytes::from_static(OPENAPI.as_bytes()))));
+            let mut r = Response::new(ApiBody::Full(Full::new(Bytes::from_static(
+                OPENAPI.as_bytes(),
+            ))));
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             return Ok(r);
@@ -393,7 +409,9 @@ async fn dispatch(
         Some(v) => Some(
             v.to_str()
                 .map_err(|_| ApiError::BadActingUser("not text".into()))
-                .and_then(|s| UserName::parse(s).map_err(|e| ApiError::BadActingUser(e.to_string())))?,
+                .and_then(|s| {
+                    UserName::parse(s).map_err(|e| ApiError::BadActingUser(e.to_string()))
+                })?,
         ),
         None => None,
     };
@@ -419,7 +437,14 @@ async fn dispatch(
             let name: UserName = param(&params[0], "user name")?;
             let b: PutUser = parse_json(&body)?;
             ok(&svc
-                .put_user(&p, User { name, team: b.team, admin: b.admin })
+                .put_user(
+                    &p,
+                    User {
+                        name,
+                        team: b.team,
+                        admin: b.admin,
+                    },
+                )
                 .await?)
         }
         ("DELETE", "/v1/users/{name}") => {
@@ -437,7 +462,9 @@ async fn dispatch(
             if method == Method::PUT {
                 let _: Empty = parse_json(&body)?;
             }
-            let change = svc.set_member(&p, project, user, method == Method::PUT).await?;
+            let change = svc
+                .set_member(&p, project, user, method == Method::PUT)
+                .await?;
             ok(&serde_json::json!({ "change": change }))
         }
         ("POST", "/v1/projects/{project}/unlock") => {
@@ -497,19 +524,31 @@ async fn dispatch(
             let id: VmId = param(&params[0], "VM id")?;
             let b: PatchVm = parse_json(&body)?;
             ok(&svc
-                .update_vm(&p, id, VmPatch { vcpus: b.vcpus, memory_mib: b.memory_mib, idle: b.idle })
+                .update_vm(
+                    &p,
+                    id,
+                    VmPatch {
+                        vcpus: b.vcpus,
+                        memory_mib: b.memory_mib,
+                        idle: b.idle,
+                    },
+                )
                 .await?)
         }
         ("DELETE", "/v1/vms/{id}") => {
             svc.delete_vm(&p, param(&params[0], "VM id")?).await?;
             ok(&serde_json::json!({"change": "removed"}))
         }
-        ("GET", "/v1/vms/{id}/members") => ok(&svc.members(&p, param(&params[0], "VM id")?).await?),
+        ("GET", "/v1/vms/{id}/members") => {
+            ok(&svc.members(&p, param(&params[0], "VM id")?).await?)
+        }
         ("PUT", "/v1/vms/{id}/members/{user}") => {
             let id: VmId = param(&params[0], "VM id")?;
             let user: UserName = param(&params[1], "user name")?;
             let b: Share = parse_json(&body)?;
-            ok(&svc.share(&p, id, user, b.role, b.confirm_drive_access).await?)
+            ok(&svc
+                .share(&p, id, user, b.role, b.confirm_drive_access)
+                .await?)
         }
         ("DELETE", "/v1/vms/{id}/members/{user}") => {
             let id: VmId = param(&params[0], "VM id")?;
@@ -596,7 +635,13 @@ async fn metrics(st: &State, p: &crate::policy::Principal) -> Result<Response<Ap
         out.push_str(&format!("vmwarden_vms{{state=\"{state}\"}} {n}\n"));
     }
     out.push_str("# HELP vmwarden_http_requests_total API requests by route and status.\n# TYPE vmwarden_http_requests_total counter\n");
-    let mut rows: Vec<_> = st.metrics.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let mut rows: Vec<_> = st
+        .metrics
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     rows.sort();
     for ((route, status), n) in rows {
         out.push_str(&format!(
@@ -706,9 +751,18 @@ mod tests {
     fn routes_match_with_params_and_methods() {
         let (r, p) = match_route(&Method::GET, "/v1/vms/abc").unwrap();
         assert_eq!((r, p), ("/v1/vms/{id}", vec!["abc".to_string()]));
-        assert!(matches!(match_route(&Method::POST, "/v1/health"), Err(ApiError::Method(_))));
-        assert!(matches!(match_route(&Method::GET, "/v1/nope"), Err(ApiError::NoRoute(_))));
-        assert!(matches!(match_route(&Method::GET, "/v1/vms//members"), Err(ApiError::NoRoute(_))));
+        assert!(matches!(
+            match_route(&Method::POST, "/v1/health"),
+            Err(ApiError::Method(_))
+        ));
+        assert!(matches!(
+            match_route(&Method::GET, "/v1/nope"),
+            Err(ApiError::NoRoute(_))
+        ));
+        assert!(matches!(
+            match_route(&Method::GET, "/v1/vms//members"),
+            Err(ApiError::NoRoute(_))
+        ));
     }
 
     #[test]
@@ -723,8 +777,10 @@ mod tests {
             }
         }
         documented.sort();
-        let mut served: Vec<(String, String)> =
-            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
         served.sort();
         assert_eq!(documented, served);
     }
@@ -734,6 +790,9 @@ mod tests {
         assert!(audit_filter("vm=x").is_err());
         assert!(audit_filter("bogus=1").is_err());
         let f = audit_filter("user=alice&since=5&limit=3").unwrap();
-        assert_eq!((f.actor.as_deref(), f.since_ms, f.limit), (Some("alice"), Some(5), 3));
+        assert_eq!(
+            (f.actor.as_deref(), f.since_ms, f.limit),
+            (Some("alice"), Some(5), 3)
+        );
     }
 }

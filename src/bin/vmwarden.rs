@@ -14,10 +14,19 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 #[derive(Parser, Debug)]
-#[command(name = "vmwarden", version, about = "Client of the vmwarden control socket")]
+#[command(
+    name = "vmwarden",
+    version,
+    about = "Client of the vmwarden control socket"
+)]
 struct Cli {
     /// Control socket.
-    #[arg(long, global = true, env = "VMWARDEN_SOCKET", default_value = "/run/vmwarden/vmwarden.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "VMWARDEN_SOCKET",
+        default_value = "/run/vmwarden/vmwarden.sock"
+    )]
     socket: PathBuf,
     /// Print raw JSON.
     #[arg(long, global = true)]
@@ -294,13 +303,22 @@ struct Reply {
 }
 
 impl Client {
-    async fn call(&self, method: Method, path: &str, body: Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<Reply> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Zeroizing<Vec<u8>>>,
+    ) -> anyhow::Result<Reply> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .with_context(|| format!("Cannot connect to {}", self.socket.display()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let mut req = Request::builder().method(method).uri(path).header("host", "vmwarden");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "vmwarden");
         if let Some(u) = &self.act_as {
             req = req.header("vmwarden-user", u);
         }
@@ -363,7 +381,14 @@ fn print_human(v: &Value) {
             let widths: Vec<usize> = cols
                 .iter()
                 .enumerate()
-                .map(|(i, c)| cells.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+                .map(|(i, c)| {
+                    cells
+                        .iter()
+                        .map(|r| r[i].len())
+                        .chain([c.len()])
+                        .max()
+                        .unwrap_or(0)
+                })
                 .collect();
             let line = |vals: Vec<String>| {
                 let s: Vec<String> = vals
@@ -441,17 +466,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Me => (M::GET, "/v1/me".into(), None),
         Cmd::User(u) => match u {
             UserCmd::List => (M::GET, "/v1/users".into(), None),
-            UserCmd::Put { name, team, admin } => {
-                (M::PUT, format!("/v1/users/{name}"), body(json!({"team": team, "admin": admin})))
-            }
+            UserCmd::Put { name, team, admin } => (
+                M::PUT,
+                format!("/v1/users/{name}"),
+                body(json!({"team": team, "admin": admin})),
+            ),
             UserCmd::Delete { name } => (M::DELETE, format!("/v1/users/{name}"), None),
         },
         Cmd::Project(p) => match p {
-            ProjectCmd::Create { name, members } => {
-                (M::POST, "/v1/projects".into(), body(json!({"name": name, "members": members})))
-            }
+            ProjectCmd::Create { name, members } => (
+                M::POST,
+                "/v1/projects".into(),
+                body(json!({"name": name, "members": members})),
+            ),
             ProjectCmd::Status => (M::GET, "/v1/projects".into(), None),
-            ProjectCmd::Unlock { project, share_file } => {
+            ProjectCmd::Unlock {
+                project,
+                share_file,
+            } => {
                 let share = read_share(share_file)?;
                 let mut b = Zeroizing::new(Vec::with_capacity(share.len() + 16));
                 serde_json::to_writer(&mut *b, &json!({"share": &*share}))?;
@@ -461,15 +493,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ProjectCmd::Resplit { project } => {
                 (M::POST, format!("/v1/projects/{project}/resplit"), None)
             }
-            ProjectCmd::AddMember { project, user } => {
-                (M::PUT, format!("/v1/projects/{project}/members/{user}"), None)
-            }
-            ProjectCmd::RemoveMember { project, user } => {
-                (M::DELETE, format!("/v1/projects/{project}/members/{user}"), None)
-            }
+            ProjectCmd::AddMember { project, user } => (
+                M::PUT,
+                format!("/v1/projects/{project}/members/{user}"),
+                None,
+            ),
+            ProjectCmd::RemoveMember { project, user } => (
+                M::DELETE,
+                format!("/v1/projects/{project}/members/{user}"),
+                None,
+            ),
         },
         Cmd::Drive(d) => match d {
-            DriveCmd::Create { name, project, size_mib } => (
+            DriveCmd::Create {
+                name,
+                project,
+                size_mib,
+            } => (
                 M::POST,
                 "/v1/drives".into(),
                 body(json!({"project": project, "name": name, "size_mib": size_mib})),
@@ -479,14 +519,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             DriveCmd::Delete { id } => (M::DELETE, format!("/v1/drives/{id}"), None),
         },
         Cmd::Vm(v) => match v {
-            VmCmd::Create { name, project, vcpus, memory_mib, drives } => (
+            VmCmd::Create {
+                name,
+                project,
+                vcpus,
+                memory_mib,
+                drives,
+            } => (
                 M::POST,
                 "/v1/vms".into(),
-                body(json!({"name": name, "project": project, "vcpus": vcpus, "memory_mib": memory_mib, "drives": drives})),
+                body(
+                    json!({"name": name, "project": project, "vcpus": vcpus, "memory_mib": memory_mib, "drives": drives}),
+                ),
             ),
             VmCmd::List => (M::GET, "/v1/vms".into(), None),
             VmCmd::Show { id } => (M::GET, format!("/v1/vms/{id}"), None),
-            VmCmd::Update { id, vcpus, memory_mib, idle_after } => {
+            VmCmd::Update {
+                id,
+                vcpus,
+                memory_mib,
+                idle_after,
+            } => {
                 let mut b = serde_json::Map::new();
                 if let Some(v) = vcpus {
                     b.insert("vcpus".into(), json!(v));
@@ -501,25 +554,45 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             VmCmd::Delete { id } => (M::DELETE, format!("/v1/vms/{id}"), None),
             VmCmd::Start { id } => (M::POST, format!("/v1/vms/{id}/start"), None),
-            VmCmd::Stop { id, force } => (M::POST, format!("/v1/vms/{id}/stop"), body(json!({"force": force}))),
+            VmCmd::Stop { id, force } => (
+                M::POST,
+                format!("/v1/vms/{id}/stop"),
+                body(json!({"force": force})),
+            ),
             VmCmd::Keepalive { id } => (M::POST, format!("/v1/vms/{id}/keepalive"), None),
             VmCmd::Attach { id, drive } => (M::PUT, format!("/v1/vms/{id}/drives/{drive}"), None),
-            VmCmd::Detach { id, drive } => (M::DELETE, format!("/v1/vms/{id}/drives/{drive}"), None),
-            VmCmd::Share { id, user, role, confirm_drive_access } => (
+            VmCmd::Detach { id, drive } => {
+                (M::DELETE, format!("/v1/vms/{id}/drives/{drive}"), None)
+            }
+            VmCmd::Share {
+                id,
+                user,
+                role,
+                confirm_drive_access,
+            } => (
                 M::PUT,
                 format!("/v1/vms/{id}/members/{user}"),
                 body(json!({"role": role, "confirm_drive_access": confirm_drive_access})),
             ),
-            VmCmd::Unshare { id, user } => (M::DELETE, format!("/v1/vms/{id}/members/{user}"), None),
+            VmCmd::Unshare { id, user } => {
+                (M::DELETE, format!("/v1/vms/{id}/members/{user}"), None)
+            }
             VmCmd::Members { id } => (M::GET, format!("/v1/vms/{id}/members"), None),
         },
         Cmd::Host(h) => match h {
             HostCmd::Vms => (M::GET, "/v1/host/vms".into(), None),
-            HostCmd::Stop { id, force } => {
-                (M::POST, format!("/v1/host/vms/{id}/stop"), body(json!({"force": force})))
-            }
+            HostCmd::Stop { id, force } => (
+                M::POST,
+                format!("/v1/host/vms/{id}/stop"),
+                body(json!({"force": force})),
+            ),
         },
-        Cmd::Audit { vm, user, since, until } => {
+        Cmd::Audit {
+            vm,
+            user,
+            since,
+            until,
+        } => {
             let mut q = vec![];
             if let Some(v) = vm {
                 q.push(format!("vm={v}"));
@@ -533,7 +606,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(u) = until {
                 q.push(format!("until={u}"));
             }
-            let qs = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+            let qs = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
             (M::GET, format!("/v1/audit{qs}"), None)
         }
         Cmd::Events => return follow_events(&c).await,
@@ -564,11 +641,15 @@ async fn follow_events(c: &Client) -> anyhow::Result<i32> {
         .with_context(|| format!("Cannot connect to {}", c.socket.display()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut req = Request::builder().uri("/v1/events").header("host", "vmwarden");
+    let mut req = Request::builder()
+        .uri("/v1/events")
+        .header("host", "vmwarden");
     if let Some(u) = &c.act_as {
         req = req.header("vmwarden-user", u);
     }
-    let mut resp = sender.send_request(req.body(Full::new(Bytes::new()))?).await?;
+    let mut resp = sender
+        .send_request(req.body(Full::new(Bytes::new()))?)
+        .await?;
     if resp.status().as_u16() >= 400 {
         let b = resp.into_body().collect().await?.to_bytes();
         eprintln!("vmwarden: {}", String::from_utf8_lossy(&b));

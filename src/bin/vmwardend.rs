@@ -41,7 +41,10 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(cfg, passed))
 }
 
-async fn run(cfg: Arc<Config>, passed: Option<std::os::unix::net::UnixListener>) -> anyhow::Result<()> {
+async fn run(
+    cfg: Arc<Config>,
+    passed: Option<std::os::unix::net::UnixListener>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.daemon.state_dir)
         .with_context(|| format!("Cannot create {}", cfg.daemon.state_dir.display()))?;
     let store = Arc::new(store::Store::open(&cfg.db_path()).context("Cannot open the store")?);

@@ -26,7 +26,7 @@ fn image_error(msg: String) -> HypervisorError {
     HypervisorError::Image(msg)
 }
 
-fn path_arg<'a>(path: &'a Path) -> Result<&'a str, HypervisorError> {
+fn path_arg(path: &Path) -> Result<&str, HypervisorError> {
     // QEMU reads "proto:rest" in a plain filename as a protocol (nbd:, json:, ...); an
     // absolute path has no colon before its first slash, so it is always a plain file.
     if !path.is_absolute() {

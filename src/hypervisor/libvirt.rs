@@ -65,8 +65,10 @@ fn code_is(e: &VirtError, n: ErrorNumber) -> bool {
     e.code().is_known_and(|c| c == n)
 }
 
+/// libvirt's message, shortened: when QEMU refused to start, libvirt relays QEMU's stderr
+/// (timestamps, the whole offending option in JSON) and the cause is at the very end.
 fn message(e: &VirtError) -> String {
-    let mut m = e.message().trim().to_owned();
+    let mut m = shorten(e.message());
     if m.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;
         while !m.is_char_boundary(cut) {
@@ -76,6 +78,30 @@ fn message(e: &VirtError) -> String {
         m.push_str("...");
     }
     m
+}
+
+fn shorten(raw: &str) -> String {
+    let raw = raw.trim();
+    let Some(qemu_at) = raw.rfind("qemu-system-") else {
+        return raw.to_owned();
+    };
+    let last = &raw[qemu_at..];
+    // "qemu-system-x86_64: -blockdev {...}: Invalid password, ..." -> the text after the
+    // program name, and after the echoed option when there is one.
+    let Some((_, rest)) = last.split_once(": ") else {
+        return raw.to_owned();
+    };
+    let cause = if rest.starts_with('-') {
+        rest.split_once(": ").map_or(rest, |(_, c)| c)
+    } else {
+        rest
+    };
+    let cause = cause.trim();
+    if cause.is_empty() {
+        raw.to_owned()
+    } else {
+        format!("QEMU: {cause}")
+    }
 }
 
 fn is_no_domain(e: &VirtError) -> bool {
@@ -334,13 +360,22 @@ impl Libvirt {
     /// Asks QEMU to unplug the device `alias` and returns at once; libvirt's
     /// `virDomainDetachDeviceFlags` instead blocks up to 5 s waiting for the guest, which
     /// would overrun a shorter timeout.
-    fn request_detach_by_alias(&self, conn: &Connect, dom: &Domain, alias: &str) -> Result<(), HypervisorError> {
+    fn request_detach_by_alias(
+        &self,
+        conn: &Connect,
+        dom: &Domain,
+        alias: &str,
+    ) -> Result<(), HypervisorError> {
         let alias = CString::new(alias)
             .map_err(|_| HypervisorError::Failed("Device alias contains a NUL byte".to_owned()))?;
         // SAFETY: `dom` owns a reference to a valid virDomainPtr for the whole call, `alias`
         // is a NUL-terminated string that outlives it, and libvirt copies what it keeps.
         let rc = unsafe {
-            sys::virDomainDetachDeviceAlias(dom.as_ptr(), alias.as_ptr(), sys::VIR_DOMAIN_AFFECT_LIVE)
+            sys::virDomainDetachDeviceAlias(
+                dom.as_ptr(),
+                alias.as_ptr(),
+                sys::VIR_DOMAIN_AFFECT_LIVE,
+            )
         };
         if rc < 0 {
             return Err(self.error(conn, "Detaching the drive failed", VirtError::last_error()));
@@ -476,8 +511,13 @@ impl Hypervisor for Libvirt {
                 Err(e) if is_no_domain(&e) => continue,
                 Err(e) => return Err(self.error(&conn, "Reading domain metadata failed", e)),
             };
-            let vm = if ours { name.parse::<VmId>().ok() } else { None };
-            let running = state.is_known_and(|s| matches!(s, DomainState::Running | DomainState::Blocked));
+            let vm = if ours {
+                name.parse::<VmId>().ok()
+            } else {
+                None
+            };
+            let running =
+                state.is_known_and(|s| matches!(s, DomainState::Running | DomainState::Blocked));
             out.push(DomainInfo { name, vm, running });
         }
         Ok(out)
@@ -486,7 +526,9 @@ impl Hypervisor for Libvirt {
     fn attach_disk(&self, id: VmId, disk: &DiskSpec) -> Result<(), HypervisorError> {
         let conn = self.connection()?;
         let dom = self.lookup(&conn, id)?;
-        let live = self.live_xml(&conn, &dom)?.ok_or(HypervisorError::NoDomain)?;
+        let live = self
+            .live_xml(&conn, &dom)?
+            .ok_or(HypervisorError::NoDomain)?;
         let disks = xml::live_disks(&live)?;
         if xml::disk_of_drive(&disks, disk.drive).is_some() {
             return Err(HypervisorError::Failed(
@@ -518,7 +560,9 @@ impl Hypervisor for Libvirt {
         let deadline = Instant::now() + timeout;
         let conn = self.connection()?;
         let dom = self.lookup(&conn, id)?;
-        let live = self.live_xml(&conn, &dom)?.ok_or(HypervisorError::NoDomain)?;
+        let live = self
+            .live_xml(&conn, &dom)?
+            .ok_or(HypervisorError::NoDomain)?;
         let disks = xml::live_disks(&live)?;
         let Some(disk) = xml::disk_of_drive(&disks, drive).cloned() else {
             // Nothing to release: the goal state already holds.
@@ -573,6 +617,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn qemu_start_failures_keep_only_the_cause() {
+        let raw = "internal error: QEMU unexpectedly closed the monitor (vm='x'): \
+                   2026-11-29T02:01:34.207397Z qemu-system-x86_64: -blockdev {\"node-name\":\
+                   \"libvirt-1-format\",\"encrypt\":{\"format\":\"luks\"}}: Invalid password, \
+                   cannot unlock any keyslot";
+        assert_eq!(
+            shorten(raw),
+            "QEMU: Invalid password, cannot unlock any keyslot"
+        );
+        let kvm = "internal error: QEMU unexpectedly closed the monitor (vm='x'): 2026-11-29T01:55:02Z \
+                   qemu-system-x86_64: -accel kvm: Could not access KVM kernel module: No such file or \
+                   directory\n2026-11-29T01:55:02Z qemu-system-x86_64: -accel kvm: failed to initialize \
+                   kvm: No such file or directory";
+        assert_eq!(
+            shorten(kvm),
+            "QEMU: failed to initialize kvm: No such file or directory"
+        );
+        let plain =
+            "Cannot access storage file '/d/a.qcow2' (as uid:64055, gid:64055): Permission denied";
+        assert_eq!(shorten(plain), plain);
+        assert_eq!(shorten("  qemu-system-x86_64  "), "qemu-system-x86_64");
+    }
+
+    #[test]
     fn versions_read_like_libvirt_prints_them() {
         assert_eq!(version_string(11_003_000), "11.3.0");
         assert_eq!(version_string(10_000_002), "10.0.2");
@@ -588,13 +656,19 @@ mod tests {
 
     #[test]
     fn unreachable_libvirt_is_unavailable_and_fast() {
-        let lv = Libvirt::new("qemu+unix:///system?socket=/nonexistent/sock", DomainType::Auto);
+        let lv = Libvirt::new(
+            "qemu+unix:///system?socket=/nonexistent/sock",
+            DomainType::Auto,
+        );
         let t = Instant::now();
         match lv.ping() {
             Err(HypervisorError::Unavailable(m)) => assert!(m.starts_with("Cannot connect"), "{m}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(lv.domain_type(), Err(HypervisorError::Unavailable(_))));
+        assert!(matches!(
+            lv.domain_type(),
+            Err(HypervisorError::Unavailable(_))
+        ));
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 }

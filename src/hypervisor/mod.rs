@@ -9,7 +9,7 @@ pub mod image;
 pub mod libvirt;
 pub mod xml;
 
-use crate::model::{DriveId, SecretBytes, VmId, VmName, ProjectName};
+use crate::model::{DriveId, ProjectName, SecretBytes, VmId, VmName};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -109,8 +109,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Hot-attaches a disk to a running domain; the secret lives only around the call.
     fn attach_disk(&self, id: VmId, disk: &DiskSpec) -> Result<(), HypervisorError>;
     /// Hot-detaches a disk, waiting up to `timeout` for the guest to release it.
-    fn detach_disk(&self, id: VmId, drive: DriveId, timeout: Duration)
-        -> Result<(), HypervisorError>;
+    fn detach_disk(
+        &self,
+        id: VmId,
+        drive: DriveId,
+        timeout: Duration,
+    ) -> Result<(), HypervisorError>;
     /// Names of secrets defined by vmwarden that still exist (should always be empty).
     fn our_secrets(&self) -> Result<Vec<String>, HypervisorError>;
 }

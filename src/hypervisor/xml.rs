@@ -297,10 +297,7 @@ fn parse_disks(domain_xml: &str) -> Result<Vec<LiveDisk>, quick_xml::Error> {
     let mut current: Option<LiveDisk> = None;
     let mut in_serial = false;
     let at_disk = |stack: &[Vec<u8>]| {
-        stack.len() == 3
-            && stack[0] == b"domain"
-            && stack[1] == b"devices"
-            && stack[2] == b"disk"
+        stack.len() == 3 && stack[0] == b"domain" && stack[1] == b"devices" && stack[2] == b"disk"
     };
     loop {
         let ev = reader.read_event()?;
@@ -509,7 +506,10 @@ mod tests {
 
     #[test]
     fn domain_xml_has_the_required_shape() {
-        let s = spec(&["/var/lib/vmwarden/drives/a.qcow2", "/d/b.qcow2"], "/l/s.log");
+        let s = spec(
+            &["/var/lib/vmwarden/drives/a.qcow2", "/d/b.qcow2"],
+            "/l/s.log",
+        );
         let secrets = [Uuid::new_v4(), Uuid::new_v4()];
         let xml = domain_xml(&s, DomainType::Kvm, &secrets).unwrap();
         assert_well_formed(&xml);
@@ -548,7 +548,10 @@ mod tests {
         // Encryption belongs inside <source>, where libvirt keeps it for blockdev.
         let disks = live_disks(&xml).unwrap();
         assert_eq!(disks.len(), 2);
-        assert_eq!(disks[0].source.as_deref(), Some("/var/lib/vmwarden/drives/a.qcow2"));
+        assert_eq!(
+            disks[0].source.as_deref(),
+            Some("/var/lib/vmwarden/drives/a.qcow2")
+        );
         let src = xml.find("<source file=\"/d/b.qcow2\">").unwrap();
         let enc = xml[src..].find("<encryption").unwrap() + src;
         let end = xml[src..].find("</source>").unwrap() + src;
@@ -602,8 +605,14 @@ mod tests {
         assert!(!is_our_secret_description("other"));
         let libvirt_style = "<secret ephemeral='yes' private='yes'>\n  <uuid>u</uuid>\n  \
              <description>a &amp; b</description>\n  <usage type='volume'><volume>/v</volume></usage>\n</secret>\n";
-        assert_eq!(secret_description(libvirt_style).unwrap().as_deref(), Some("a & b"));
-        assert_eq!(secret_description("<secret><uuid>u</uuid></secret>").unwrap(), None);
+        assert_eq!(
+            secret_description(libvirt_style).unwrap().as_deref(),
+            Some("a & b")
+        );
+        assert_eq!(
+            secret_description("<secret><uuid>u</uuid></secret>").unwrap(),
+            None
+        );
     }
 
     #[test]

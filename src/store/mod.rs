@@ -198,7 +198,11 @@ pub fn now_ms() -> i64 {
 
 fn parse_col<T: std::str::FromStr>(s: String) -> rusqlite::Result<T> {
     s.parse::<T>().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, "bad value".into())
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            "bad value".into(),
+        )
     })
 }
 
@@ -466,7 +470,9 @@ impl Store {
         let conn = self.conn.lock().unwrap();
         let mut st = conn.prepare("SELECT id, wrapped FROM drives WHERE project = ?1")?;
         let rows = st
-            .query_map([project.as_str()], |r| Ok((parse_col(r.get(0)?)?, r.get(1)?)))?
+            .query_map([project.as_str()], |r| {
+                Ok((parse_col(r.get(0)?)?, r.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -671,7 +677,10 @@ impl Store {
                 "UPDATE drives SET attached_to = NULL WHERE id = ?1",
                 [drive.to_string()],
             )?;
-            tx.execute("DELETE FROM drive_owners WHERE drive = ?1", [drive.to_string()])?;
+            tx.execute(
+                "DELETE FROM drive_owners WHERE drive = ?1",
+                [drive.to_string()],
+            )?;
             tx.execute(
                 "INSERT INTO drive_owners (drive, user) VALUES (?1, ?2)",
                 params![drive.to_string(), keeper.as_str()],
@@ -843,7 +852,10 @@ fn attach_tx(tx: &Connection, vm: VmId, drive: DriveId) -> Result<(), StoreError
     if n == 0 {
         return Err(StoreError::Exists(format!("Attachment of drive {drive}")));
     }
-    tx.execute("DELETE FROM drive_owners WHERE drive = ?1", [drive.to_string()])?;
+    tx.execute(
+        "DELETE FROM drive_owners WHERE drive = ?1",
+        [drive.to_string()],
+    )?;
     tx.execute(
         "INSERT INTO drive_owners (drive, user) SELECT ?2, user FROM vm_roles WHERE vm = ?1 AND role = 'owner'",
         params![vm.to_string(), drive.to_string()],
@@ -921,7 +933,8 @@ fn load_vm(conn: &Connection, id: VmId) -> Result<Option<Vm>, StoreError> {
 }
 
 fn load_drive(conn: &Connection, id: DriveId) -> Result<Option<(Drive, Vec<u8>)>, StoreError> {
-    let row: Option<(String, String, i64, Vec<u8>, Option<String>)> = conn
+    type DriveRow = (String, String, i64, Vec<u8>, Option<String>);
+    let row: Option<DriveRow> = conn
         .query_row(
             "SELECT name, project, size_mib, wrapped, attached_to FROM drives WHERE id = ?1",
             [id.to_string()],

@@ -44,7 +44,8 @@ impl Daemon {
         // (libvirt-qemu), so it is 0755 like /var/lib/vmwarden's parents.
         let dir = PathBuf::from(format!("/tmp/vmw-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let socket = dir.join("s.sock");
         let config = dir.join("config.toml");
         let uri = opts.uri.clone().unwrap_or_else(|| "qemu:///system".into());
@@ -123,7 +124,10 @@ orchestrators = ["root"]
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("daemon did not come up: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        panic!(
+            "daemon did not come up: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -141,7 +145,11 @@ orchestrators = ["root"]
     /// SIGTERM and wait for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         c.wait().unwrap()
     }
 
@@ -154,7 +162,9 @@ orchestrators = ["root"]
     }
 
     pub fn client(&self) -> Client {
-        Client { socket: self.socket.clone() }
+        Client {
+            socket: self.socket.clone(),
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -165,9 +175,17 @@ orchestrators = ["root"]
     pub fn destroy_domains(&self) {
         if let Ok(conn) = rusqlite::Connection::open(self.db()) {
             if let Ok(mut st) = conn.prepare("SELECT id FROM vms") {
-                let ids: Vec<String> = st.query_map([], |r| r.get(0)).unwrap().filter_map(Result::ok).collect();
+                let ids: Vec<String> = st
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .filter_map(Result::ok)
+                    .collect();
                 for id in ids {
-                    let _ = Command::new("virsh").args(["-q", "-c", "qemu:///system", "destroy", &id]).stderr(Stdio::null()).stdout(Stdio::null()).status();
+                    let _ = Command::new("virsh")
+                        .args(["-q", "-c", "qemu:///system", "destroy", &id])
+                        .stderr(Stdio::null())
+                        .stdout(Stdio::null())
+                        .status();
                 }
             }
         }
@@ -210,32 +228,82 @@ impl Resp {
 }
 
 pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 impl Client {
-    pub async fn raw(&self, method: &str, path: &str, user: Option<&str>, body: Option<Vec<u8>>) -> Resp {
-        let stream = tokio::net::UnixStream::connect(&self.socket).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn);
-        let mut req = Request::builder().method(method).uri(path).header("host", "vmwarden");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "vmwarden");
         if let Some(u) = user {
             req = req.header("vmwarden-user", u);
         }
         let resp = sender
-            .send_request(req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap())
+            .send_request(
+                req.body(Full::new(Bytes::from(body.unwrap_or_default())))
+                    .unwrap(),
+            )
             .await
             .expect("response");
         let status = resp.status().as_u16();
-        let content_type = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-        let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
-        let raw = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let raw = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
         let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        Resp { status, body, raw, content_type, retry_after }
+        Resp {
+            status,
+            body,
+            raw,
+            content_type,
+            retry_after,
+        }
     }
 
-    pub async fn req(&self, method: &str, path: &str, user: Option<&str>, body: Option<Value>) -> Resp {
-        self.raw(method, path, user, body.map(|b| serde_json::to_vec(&b).unwrap())).await
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        self.raw(
+            method,
+            path,
+            user,
+            body.map(|b| serde_json::to_vec(&b).unwrap()),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str, user: &str) -> Resp {
@@ -251,16 +319,37 @@ pub struct Shares {
 
 /// Registers `root` (team ops) and the given users (name, team).
 pub async fn users(c: &Client, users: &[(&str, &str)]) {
-    let r = c.req("PUT", "/v1/users/root", Some("root"), Some(json!({"team": "ops"}))).await;
+    let r = c
+        .req(
+            "PUT",
+            "/v1/users/root",
+            Some("root"),
+            Some(json!({"team": "ops"})),
+        )
+        .await;
     assert!(r.status == 200, "{r:?}");
     for (u, t) in users {
-        let r = c.req("PUT", &format!("/v1/users/{u}"), Some("root"), Some(json!({"team": t}))).await;
+        let r = c
+            .req(
+                "PUT",
+                &format!("/v1/users/{u}"),
+                Some("root"),
+                Some(json!({"team": t})),
+            )
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
     }
 }
 
 pub async fn project(c: &Client, name: &str, members: &[&str]) -> Shares {
-    let r = c.req("POST", "/v1/projects", Some("root"), Some(json!({"name": name, "members": members}))).await;
+    let r = c
+        .req(
+            "POST",
+            "/v1/projects",
+            Some("root"),
+            Some(json!({"name": name, "members": members})),
+        )
+        .await;
     assert_eq!(r.status, 201, "{r:?}");
     Shares {
         admin: r.body["admin_share"].as_str().unwrap().to_owned(),
@@ -269,15 +358,36 @@ pub async fn project(c: &Client, name: &str, members: &[&str]) -> Shares {
 }
 
 pub async fn unlock(c: &Client, project: &str, s: &Shares, member: &str) {
-    let r = c.req("POST", &format!("/v1/projects/{project}/unlock"), Some("root"), Some(json!({"share": s.admin}))).await;
+    let r = c
+        .req(
+            "POST",
+            &format!("/v1/projects/{project}/unlock"),
+            Some("root"),
+            Some(json!({"share": s.admin})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = c.req("POST", &format!("/v1/projects/{project}/unlock"), Some(member), Some(json!({"share": s.member}))).await;
+    let r = c
+        .req(
+            "POST",
+            &format!("/v1/projects/{project}/unlock"),
+            Some(member),
+            Some(json!({"share": s.member})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["locked"], false, "{r:?}");
 }
 
 pub async fn drive(c: &Client, user: &str, project: &str, name: &str) -> String {
-    let r = c.req("POST", "/v1/drives", Some(user), Some(json!({"project": project, "name": name, "size_mib": 16}))).await;
+    let r = c
+        .req(
+            "POST",
+            "/v1/drives",
+            Some(user),
+            Some(json!({"project": project, "name": name, "size_mib": 16})),
+        )
+        .await;
     assert_eq!(r.status, 201, "{r:?}");
     r.body["id"].as_str().unwrap().to_owned()
 }
@@ -322,7 +432,11 @@ pub fn boot_sector(marker: &str, spin: bool) -> Vec<u8> {
 pub fn write_boot_sector(d: &Daemon, s: &Shares, project: &str, drive: &str, sector: &[u8]) {
     let k = vmwarden::keys::combine(s.admin.as_bytes(), s.member.as_bytes()).unwrap();
     let conn = rusqlite::Connection::open(d.db()).unwrap();
-    let wrapped: Vec<u8> = conn.query_row("SELECT wrapped FROM drives WHERE id = ?1", [drive], |r| r.get(0)).unwrap();
+    let wrapped: Vec<u8> = conn
+        .query_row("SELECT wrapped FROM drives WHERE id = ?1", [drive], |r| {
+            r.get(0)
+        })
+        .unwrap();
     let p = vmwarden::model::ProjectName::parse(project).unwrap();
     let pass = vmwarden::keys::unwrap(&k, &p, drive, &wrapped).unwrap();
     let path = d.state().join("drives").join(format!("{drive}.qcow2"));
@@ -336,7 +450,10 @@ pub fn serial_log(d: &Daemon, vm: &str) -> PathBuf {
 pub fn wait_for_file_containing(path: &Path, needle: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if std::fs::read(path).map(|b| String::from_utf8_lossy(&b).contains(needle)).unwrap_or(false) {
+        if std::fs::read(path)
+            .map(|b| String::from_utf8_lossy(&b).contains(needle))
+            .unwrap_or(false)
+        {
             return true;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -345,7 +462,12 @@ pub fn wait_for_file_containing(path: &Path, needle: &str, within: Duration) -> 
 }
 
 pub fn virsh(args: &[&str]) -> String {
-    let out = Command::new("virsh").arg("-c").arg("qemu:///system").args(args).output().unwrap();
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
@@ -362,7 +484,9 @@ pub fn our_secrets(drives: &[&str]) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next())
         .filter(|uuid| {
             let xml = virsh(&["secret-dumpxml", uuid]);
-            drives.iter().any(|d| xml.contains(&format!("vmwarden drive {d}")))
+            drives
+                .iter()
+                .any(|d| xml.contains(&format!("vmwarden drive {d}")))
         })
         .map(str::to_owned)
         .collect()

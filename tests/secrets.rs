@@ -1,0 +1,148 @@
+//! No key, share or passphrase leaves the daemon after the response that created it: not in the
+//! database, the drive directory, the daemon's log, libvirt's QEMU log, nor any later response.
+
+mod common;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine;
+use common::*;
+use serde_json::json;
+use std::path::Path;
+
+/// Every form a secret could leak in: raw, hex (both cases), base64 (four alphabets).
+fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        secret.to_vec(),
+        hex.clone().into_bytes(),
+        hex.to_uppercase().into_bytes(),
+        STANDARD.encode(secret).into_bytes(),
+        STANDARD_NO_PAD.encode(secret).into_bytes(),
+        URL_SAFE.encode(secret).into_bytes(),
+        URL_SAFE_NO_PAD.encode(secret).into_bytes(),
+    ]
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.len() <= hay.len() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn canary_key_shares_and_passphrases_never_leak() {
+    rt().block_on(async {
+        let d = Daemon::start(Opts::default());
+        let c = d.client();
+        users(&c, &[("alice", "lab"), ("bob", "lab")]).await;
+        let s = project(&c, "genomics", &["alice", "bob"]).await;
+        // The canary: K itself, rebuilt by the key holders, and both halves.
+        let k = vmwarden::keys::combine(s.admin.as_bytes(), s.member.as_bytes()).unwrap();
+        let (_, a) = vmwarden::keys::parse_share(s.admin.as_bytes()).unwrap();
+        let (_, m) = vmwarden::keys::parse_share(s.member.as_bytes()).unwrap();
+
+        let mut responses: Vec<Vec<u8>> = vec![];
+        let mut keep = |r: Resp| {
+            responses.push(r.raw.clone());
+            r
+        };
+        keep(c.req("POST", "/v1/projects/genomics/unlock", Some("root"), Some(json!({"share": s.admin}))).await);
+        // A wrong half and a malformed half are refused without echoing anything back.
+        keep(c.req("POST", "/v1/projects/genomics/unlock", Some("alice"), Some(json!({"share": s.admin}))).await);
+        keep(c.raw("POST", "/v1/projects/genomics/unlock", Some("alice"), Some(format!("{{\"share\": \"{}\", \"x\": 1}}", s.member).into_bytes())).await);
+        let r = keep(c.req("POST", "/v1/projects/genomics/unlock", Some("alice"), Some(json!({"share": s.member}))).await);
+        assert_eq!(r.body["locked"], false, "{r:?}");
+        let r = keep(c.req("POST", "/v1/drives", Some("alice"), Some(json!({"project": "genomics", "name": "boot", "size_mib": 16}))).await);
+        let drv = r.body["id"].as_str().unwrap().to_owned();
+        write_boot_sector(&d, &s, "genomics", &drv, &boot_sector("CANARY", false));
+        let r = keep(c.req("POST", "/v1/vms", Some("alice"), Some(json!({"project": "genomics", "name": "web", "vcpus": 1, "memory_mib": 32, "drives": [drv]}))).await);
+        let vm = r.body["id"].as_str().unwrap().to_owned();
+        let r = keep(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await);
+        assert_eq!(r.status, 200, "{r:?}");
+        keep(c.req("PUT", &format!("/v1/vms/{vm}/members/bob"), Some("alice"), Some(json!({"role": "owner", "confirm_drive_access": true}))).await);
+        for (u, p) in [("alice", "/v1/vms".to_string()), ("alice", format!("/v1/vms/{vm}")), ("alice", "/v1/drives".into()), ("alice", "/v1/projects".into()), ("root", "/v1/audit".into()), ("root", "/v1/host/vms".into()), ("root", "/metrics".into()), ("bob", format!("/v1/drives/{drv}"))] {
+            keep(c.get(&p, u).await);
+        }
+        keep(c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), Some(json!({"force": true}))).await);
+        // The passphrase of the drive, as the key holders can compute it.
+        let wrapped: Vec<u8> = rusqlite::Connection::open(d.db()).unwrap()
+            .query_row("SELECT wrapped FROM drives WHERE id = ?1", [&drv], |r| r.get(0)).unwrap();
+        let pass = vmwarden::keys::unwrap(&k, &vmwarden::model::ProjectName::parse("genomics").unwrap(), &drv, &wrapped).unwrap();
+        keep(c.req("POST", "/v1/projects/genomics/lock", Some("alice"), None).await);
+
+        let mut secrets: Vec<(&str, Vec<u8>)> = vec![
+            ("admin share token", s.admin.clone().into_bytes()),
+            ("member share token", s.member.clone().into_bytes()),
+        ];
+        for (name, bytes) in [("K", k.expose().to_vec()), ("A", a.expose().to_vec()), ("M", m.expose().to_vec()), ("passphrase", pass.expose().to_vec())] {
+            for f in forms(&bytes) {
+                secrets.push((name, f));
+            }
+        }
+        // The passphrase is base64 text; its decoded bytes count too.
+        let raw_pass = STANDARD.decode(pass.expose()).unwrap();
+        for f in forms(&raw_pass) {
+            secrets.push(("passphrase bytes", f));
+        }
+
+        let mut places: Vec<(String, Vec<u8>)> = vec![];
+        let mut all = vec![];
+        files(&d.state(), &mut all);
+        for p in all {
+            places.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+        }
+        places.push(("daemon log".into(), std::fs::read(&d.log).unwrap()));
+        if let Ok(q) = std::fs::read(format!("/var/log/libvirt/qemu/{vm}.log")) {
+            places.push(("QEMU log".into(), q));
+        }
+        for (i, r) in responses.iter().enumerate() {
+            places.push((format!("response {i}"), r.clone()));
+        }
+        assert!(places.iter().any(|(n, _)| n.ends_with("state.db")));
+        assert!(places.iter().any(|(n, _)| n.ends_with(".qcow2")));
+        assert!(d.log_text().contains("DEBUG"), "the log must be verbose for this test to mean something");
+        for (place, hay) in &places {
+            for (what, needle) in &secrets {
+                assert!(!contains(hay, needle), "{what} found in {place}");
+            }
+        }
+    });
+}
+
+#[test]
+fn secret_types_print_redacted() {
+    let nk = vmwarden::keys::generate();
+    let text = format!(
+        "{nk:?} {:?} {:?}",
+        vmwarden::keys::new_passphrase(),
+        vmwarden::model::SecretBytes::new(b"hunter2".to_vec())
+    );
+    assert!(
+        !text.contains("vmw-") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(text.contains("[REDACTED]"));
+}
+
+#[test]
+fn daemon_has_a_zero_core_limit() {
+    let d = Daemon::start(Opts::default());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().filter(|w| *w == "0").count(),
+        2,
+        "{core}"
+    );
+}
