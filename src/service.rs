@@ -1422,7 +1422,15 @@ impl Service {
                     .into_iter()
                     .map(|(d, w)| {
                         let passphrase = keys::unwrap(k, &vm.project, &d.id.to_string(), &w)
-                            .map_err(|e| ServiceError::SecretCorrupt(e.to_string()))?;
+                            .map_err(|e| {
+                                // The drive id goes to the operator's log only: a user of
+                                // the VM must not learn it from the error.
+                                tracing::error!(vm = %vm.id, error = %e, "refusing to launch");
+                                ServiceError::SecretCorrupt(format!(
+                                    "A drive of VM {} has a wrapped passphrase that fails authentication (the stored value was altered); nothing was started",
+                                    vm.id
+                                ))
+                            })?;
                         Ok(DiskSpec {
                             drive: d.id,
                             path: self.drive_path(d.id),
@@ -1440,6 +1448,10 @@ impl Service {
         let _g = lock.lock().await;
         let vm = self.vm_checked(p, id, VmAction::Start).await?;
         let r = self.launch(p, &vm).await;
+        let r = match (r, vm.role_of(&p.name)) {
+            (Err(e), Some(Role::User)) => Err(self.scrub_drives(e, &vm)),
+            (r, _) => r,
+        };
         if let Err(e) = &r {
             let actor = p.clone();
             let detail = e.to_string();
@@ -1510,6 +1522,27 @@ impl Service {
             )
         })
         .await
+    }
+
+    /// A user of a VM never learns its drives: libvirt and QEMU messages name image paths,
+    /// so those are replaced before the error reaches a user.
+    fn scrub_drives(&self, e: ServiceError, vm: &Vm) -> ServiceError {
+        let scrub = |msg: String| {
+            let mut m = msg.replace(&self.cfg.drives_dir().display().to_string(), "[drives]");
+            for d in &vm.drives {
+                m = m.replace(&d.to_string(), "[drive]");
+            }
+            m
+        };
+        match e {
+            ServiceError::Hypervisor(HypervisorError::Failed(m)) => {
+                ServiceError::Hypervisor(HypervisorError::Failed(scrub(m)))
+            }
+            ServiceError::Hypervisor(HypervisorError::Image(m)) => {
+                ServiceError::Hypervisor(HypervisorError::Image(scrub(m)))
+            }
+            other => other,
+        }
     }
 
     /// Stops the VM: ACPI shutdown, then destroy after `libvirt.shutdown_timeout`
@@ -1706,11 +1739,25 @@ impl Service {
     /// Audit entries: everything for admins, entries of the caller's VMs otherwise.
     pub async fn audit_log(&self, p: &Principal, mut f: AuditFilter) -> Result<Vec<AuditEntry>> {
         self.check(p, &Action::Registered, "")?;
+        let mut user_of = std::collections::HashSet::new();
         if !p.admin {
-            let mine: Vec<VmId> = self.vms(p).await?.into_iter().map(|v| v.id).collect();
-            f.vms_allowed = Some(mine);
+            let mine = self.vms(p).await?;
+            user_of = mine.iter().filter(|v| v.role == Role::User).map(|v| v.id).collect();
+            f.vms_allowed = Some(mine.into_iter().map(|v| v.id).collect());
         }
-        self.db(move |s| s.audit(&f)).await
+        let mut rows = self.db(move |s| s.audit(&f)).await?;
+        // Users of a VM see its history without its drives: drive entries go, details blank.
+        rows.retain_mut(|e| {
+            let vm = e.vm.as_deref().and_then(|v| v.parse::<VmId>().ok());
+            match vm {
+                Some(v) if user_of.contains(&v) => {
+                    e.detail.clear();
+                    !e.action.starts_with("drive.")
+                }
+                _ => true,
+            }
+        });
+        Ok(rows)
     }
 
     // ----- background -----

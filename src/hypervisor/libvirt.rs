@@ -9,6 +9,7 @@
 use super::{xml, DiskSpec, DomainInfo, DomainSpec, DomainType, Hypervisor, HypervisorError};
 use crate::model::{DriveId, VmId};
 use std::ffi::CString;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard, Once, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -22,6 +23,10 @@ use virt::sys;
 /// wedged libvirtd costs a call at most about 20 s instead of hanging it forever.
 const KEEPALIVE_INTERVAL_S: i32 = 5;
 const KEEPALIVE_COUNT: u32 = 3;
+
+/// How long a call waits for a new connection. Opening one has no keepalive yet, so on a
+/// libvirtd that accepts but never answers (stopped, deadlocked) it would wait forever.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often `detach_disk` looks at the live XML for the disk to be gone.
 const DETACH_POLL: Duration = Duration::from_millis(100);
@@ -172,6 +177,29 @@ pub struct Libvirt {
     configured: DomainType,
     resolved: OnceLock<DomainType>,
     conn: Mutex<Option<Connect>>,
+    /// An open still running in its own thread after a caller gave up waiting for it; the
+    /// next caller takes its result instead of starting another.
+    opening: Mutex<Option<Receiver<Result<Connect, VirtError>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Both mutexes only ever hold a whole value or none; a panic elsewhere cannot leave one
+    // half-updated.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Opens a connection in a thread of its own, so that the caller can stop waiting.
+fn spawn_open(uri: &str) -> Result<Receiver<Result<Connect, VirtError>>, HypervisorError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let uri = uri.to_owned();
+    std::thread::Builder::new()
+        .name("libvirt-connect".to_owned())
+        .spawn(move || {
+            // If nobody waits any more, the send fails and the connection is closed on drop.
+            let _ = tx.send(Connect::open(Some(&uri)));
+        })
+        .map_err(|e| HypervisorError::Unavailable(format!("Cannot start a connection thread: {e}")))?;
+    Ok(rx)
 }
 
 impl std::fmt::Debug for Libvirt {
@@ -191,6 +219,7 @@ impl Libvirt {
             configured: domain_type,
             resolved: OnceLock::new(),
             conn: Mutex::new(None),
+            opening: Mutex::new(None),
         }
     }
 
@@ -200,33 +229,70 @@ impl Libvirt {
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<Connect>> {
-        // The slot only ever holds a whole connection or none; a panic elsewhere cannot
-        // leave it half-updated.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.conn)
     }
 
-    /// A live connection: the shared one, or a new one when there is none or it died.
-    fn connection(&self) -> Result<Connect, HypervisorError> {
+    /// The shared connection if it is alive; a dead one is dropped.
+    fn live_connection(&self) -> Option<Connect> {
         let mut slot = self.slot();
         if let Some(conn) = slot.as_ref() {
             // is_alive asks the client library, not the daemon: no round trip.
             if conn.is_alive().unwrap_or(false) {
-                return Ok(conn.clone());
+                return Some(conn.clone());
             }
             tracing::info!(uri = %self.uri, "libvirt connection lost, reconnecting");
             *slot = None;
         }
+        None
+    }
+
+    /// A live connection: the shared one, or a new one when there is none or it died.
+    fn connection(&self) -> Result<Connect, HypervisorError> {
+        if let Some(conn) = self.live_connection() {
+            return Ok(conn);
+        }
+        // One open at a time: the others wait here, at most OPEN_TIMEOUT, and then use it.
+        let mut opening = lock(&self.opening);
+        if let Some(conn) = self.live_connection() {
+            return Ok(conn);
+        }
         let events = start_event_loop();
-        let conn = Connect::open(Some(&self.uri)).map_err(|e| {
-            HypervisorError::Unavailable(format!("Cannot connect to {}: {}", self.uri, message(&e)))
-        })?;
+        // An open already found hanging is only checked, not waited for again: while
+        // libvirtd does not answer, every call fails at once instead of queueing here.
+        let (rx, wait) = match opening.take() {
+            Some(rx) => (rx, Duration::ZERO),
+            None => (spawn_open(&self.uri)?, OPEN_TIMEOUT),
+        };
+        let conn = match rx.recv_timeout(wait) {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(HypervisorError::Unavailable(format!(
+                    "Cannot connect to {}: {}",
+                    self.uri,
+                    message(&e)
+                )))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                *opening = Some(rx);
+                return Err(HypervisorError::Unavailable(format!(
+                    "No answer from libvirtd at {}",
+                    self.uri
+                )));
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(HypervisorError::Unavailable(format!(
+                    "Cannot connect to {}: the connection thread ended",
+                    self.uri
+                )))
+            }
+        };
         if events {
             if let Err(e) = conn.set_keep_alive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT) {
                 tracing::warn!(error = %e.message(), "cannot enable libvirt keepalive");
             }
         }
         tracing::info!(uri = %self.uri, "connected to libvirt");
-        *slot = Some(conn.clone());
+        *self.slot() = Some(conn.clone());
         Ok(conn)
     }
 
