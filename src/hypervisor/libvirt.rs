@@ -198,7 +198,9 @@ fn spawn_open(uri: &str) -> Result<Receiver<Result<Connect, VirtError>>, Hypervi
             // If nobody waits any more, the send fails and the connection is closed on drop.
             let _ = tx.send(Connect::open(Some(&uri)));
         })
-        .map_err(|e| HypervisorError::Unavailable(format!("Cannot start a connection thread: {e}")))?;
+        .map_err(|e| {
+            HypervisorError::Unavailable(format!("Cannot start a connection thread: {e}"))
+        })?;
     Ok(rx)
 }
 
