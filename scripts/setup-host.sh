@@ -4,7 +4,7 @@
 # they are not running (PID 1 may not be systemd). Idempotent.
 set -euo pipefail
 
-pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 pkg-config)
+pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-secret libvirt-clients libvirt-dev qemu-system-x86 pkg-config)
 sources=/etc/apt/sources.list.d/debian.sources
 
 need_install=0

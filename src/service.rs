@@ -317,6 +317,9 @@ pub struct Service {
     hv: Arc<dyn Hypervisor>,
     vm_locks: Mutex<HashMap<VmId, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<Event>,
+    /// The users registry as of a store generation: every request resolves its principal, so
+    /// this keeps a SQLite query off the hot path while a registration still applies at once.
+    users_cache: Mutex<Option<(u64, Arc<HashMap<UserName, User>>)>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -342,6 +345,7 @@ impl Service {
             hv,
             vm_locks: Mutex::new(HashMap::new()),
             events,
+            users_cache: Mutex::new(None),
         }
     }
 
@@ -353,6 +357,27 @@ impl Service {
     /// The keyring (the daemon sweeps it; tests inspect it).
     pub fn keyring(&self) -> &Keyring {
         &self.keys
+    }
+
+    /// The store generation: anything derived from the store at this value is current.
+    pub fn generation(&self) -> u64 {
+        self.store.generation()
+    }
+
+    async fn user_snapshot(&self) -> Result<Arc<HashMap<UserName, User>>> {
+        // Read the generation before loading, so a change committed meanwhile leaves the
+        // cache tagged stale rather than fresh.
+        let g = self.store.generation();
+        if let Some((cg, m)) = &*self.users_cache.lock().unwrap() {
+            if *cg == g {
+                return Ok(m.clone());
+            }
+        }
+        let users = self.db(|s| s.users()).await?;
+        let m: Arc<HashMap<UserName, User>> =
+            Arc::new(users.into_iter().map(|u| (u.name.clone(), u)).collect());
+        *self.users_cache.lock().unwrap() = Some((g, m.clone()));
+        Ok(m)
     }
 
     /// Subscribes to events.
@@ -421,8 +446,7 @@ impl Service {
             }
             _ => peer,
         };
-        let n = name.clone();
-        let user = self.db(move |s| s.user(&n)).await?;
+        let user = self.user_snapshot().await?.get(&name).cloned();
         let cfg_admin = self.cfg.access.admins.iter().any(|a| a == name.as_str());
         Ok(Principal {
             admin: cfg_admin || user.as_ref().is_some_and(|u| u.admin),

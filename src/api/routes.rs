@@ -61,7 +61,9 @@ pub struct State {
     svc: Arc<Service>,
     closing: watch::Sender<bool>,
     users_by_uid: Mutex<HashMap<u32, String>>,
-    metrics: Mutex<HashMap<(String, u16), u64>>,
+    /// Rendered `GET /v1/vms` per principal, tagged with the store generation it reflects.
+    vms_cache: Mutex<HashMap<UserName, (u64, Bytes)>>,
+    metrics: Mutex<HashMap<(Method, &'static str, u16), u64>>,
 }
 
 impl State {
@@ -71,6 +73,7 @@ impl State {
             svc,
             closing: watch::channel(false).0,
             users_by_uid: Mutex::new(HashMap::new()),
+            vms_cache: Mutex::new(HashMap::new()),
             metrics: Mutex::new(HashMap::new()),
         }
     }
@@ -302,6 +305,10 @@ fn created_project(c: CreatedProject) -> Result<Response<ApiBody>, ApiError> {
     ))
 }
 
+fn ok<T: Serialize>(v: &T) -> Result<Response<ApiBody>, ApiError> {
+    Ok(json(StatusCode::OK, v))
+}
+
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     let body = if body.iter().all(|b| b.is_ascii_whitespace()) {
         &b"{}"[..]
@@ -372,7 +379,7 @@ pub async fn handle(
         }
         problem(&e)
     });
-    let key = (format!("{method} {route}"), resp.status().as_u16());
+    let key = (method, route, resp.status().as_u16());
     *st.metrics.lock().unwrap().entry(key).or_default() += 1;
     tracing::debug!(
         route,
@@ -429,7 +436,6 @@ async fn dispatch(
         drop(req);
         Vec::new()
     };
-    let ok = |v: &dyn erased::Ser| Ok(json(StatusCode::OK, &erased::Wrap(v)));
     match (method.as_str(), route) {
         ("GET", "/v1/me") => ok(&svc.me(&p).await?),
         ("GET", "/v1/users") => ok(&svc.users(&p).await?),
@@ -501,7 +507,26 @@ async fn dispatch(
             svc.delete_drive(&p, param(&params[0], "drive id")?).await?;
             ok(&serde_json::json!({"change": "removed"}))
         }
-        ("GET", "/v1/vms") => ok(&svc.vms(&p).await?),
+        ("GET", "/v1/vms") => {
+            // Orchestrators poll this; the rendered list is reused until the store changes.
+            let g = svc.generation();
+            let cached = st.vms_cache.lock().unwrap().get(&p.name).filter(|(cg, _)| *cg == g).map(|(_, b)| b.clone());
+            let body = match cached {
+                Some(b) => b,
+                None => {
+                    let b = Bytes::from(serde_json::to_vec(&svc.vms(&p).await?).expect("DTOs serialize"));
+                    let mut cache = st.vms_cache.lock().unwrap();
+                    if cache.len() >= 4096 {
+                        cache.clear();
+                    }
+                    cache.insert(p.name.clone(), (g, b.clone()));
+                    b
+                }
+            };
+            let mut r = Response::new(ApiBody::Full(Full::new(body)));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(r)
+        }
         ("POST", "/v1/vms") => {
             let b: CreateVm = parse_json(&body)?;
             let v = svc
@@ -640,10 +665,10 @@ async fn metrics(st: &State, p: &crate::policy::Principal) -> Result<Response<Ap
         .lock()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.clone(), *v))
+        .map(|((m, r, s), n)| (format!("{m} {r}"), *s, *n))
         .collect();
     rows.sort();
-    for ((route, status), n) in rows {
+    for (route, status, n) in rows {
         out.push_str(&format!(
             "vmwarden_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"
         ));
@@ -721,26 +746,6 @@ async fn visible(svc: &Service, p: &crate::policy::Principal, ev: &crate::servic
             .unwrap_or(false);
     }
     p.admin
-}
-
-/// Type erasure so `dispatch` can serialize any DTO through one closure.
-mod erased {
-    use serde::Serialize;
-
-    pub trait Ser {
-        fn to_value(&self) -> serde_json::Value;
-    }
-    impl<T: Serialize> Ser for T {
-        fn to_value(&self) -> serde_json::Value {
-            serde_json::to_value(self).expect("DTOs serialize")
-        }
-    }
-    pub struct Wrap<'a>(pub &'a dyn Ser);
-    impl Serialize for Wrap<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            self.0.to_value().serialize(s)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub enum HypervisorError {
     #[error("The guest did not release the drive within {0:?}; stop the VM first, then detach")]
     DetachTimeout(Duration),
     /// libvirt refused the operation.
-    #[error("libvirt: {0}")]
+    #[error("Hypervisor: {0}")]
     Failed(String),
     /// Creating or removing an image failed.
     #[error("Image: {0}")]

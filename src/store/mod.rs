@@ -12,6 +12,7 @@ use crate::model::{
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -180,6 +181,9 @@ pub struct ProjectRow {
 /// The database handle.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Bumped after every committed change, so readers can cache what they derived from the
+    /// store and know exactly when it went stale.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -227,6 +231,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let store = Self {
             conn: Mutex::new(conn),
+            generation: AtomicU64::new(0),
         };
         store.migrate()?;
         Ok(store)
@@ -252,6 +257,11 @@ impl Store {
         Ok(())
     }
 
+    /// Changes committed since open; a cache tagged with an older value is stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Schema version now in the file.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         let conn = self.conn.lock().unwrap();
@@ -269,6 +279,7 @@ impl Store {
         let out = f(&tx)?;
         insert_audit(&tx, audit, "ok")?;
         tx.commit()?;
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(out)
     }
 
@@ -696,6 +707,7 @@ impl Store {
             "UPDATE drives SET wrapped = ?2 WHERE id = ?1",
             params![drive.to_string(), wrapped],
         )?;
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 

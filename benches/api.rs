@@ -1,0 +1,114 @@
+//! GET /v1/vms over the control socket with 1,000 VMs in the store, side by side with a bare
+//! hyper server on a Unix socket that answers a fixed JSON body of the same size. Same client,
+//! same concurrency, same run. Prints requests/s and p50/p99 for both and the ratios.
+
+mod common;
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const VMS: usize = 1000;
+const CLIENTS: usize = 8;
+const PER_CLIENT: usize = 250;
+
+async fn load(socket: &std::path::Path, user: Option<&'static str>) -> Stats {
+    // Warm-up, then CLIENTS keep-alive connections issuing PER_CLIENT requests each.
+    let mut c = Conn::open(socket).await;
+    for _ in 0..20 {
+        assert_eq!(c.call("GET", "/v1/vms", user, None).await.0, 200);
+    }
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..CLIENTS {
+        let socket = socket.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(&socket).await;
+            let mut lat = Vec::with_capacity(PER_CLIENT);
+            for _ in 0..PER_CLIENT {
+                let t = Instant::now();
+                let (st, _) = c.call("GET", "/v1/vms", user, None).await;
+                assert_eq!(st, 200);
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    Stats::from(all, started.elapsed().as_secs_f64())
+}
+
+async fn bare_server(path: std::path::PathBuf, body: Bytes) {
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let body = Arc::new(body);
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let body = body.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |_req| {
+                let body = body.clone();
+                async move {
+                    let mut r = hyper::Response::new(Full::new((*body).clone()));
+                    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let d = Daemon::start("[libvirt]\nuri = \"test:///default\"\n");
+        let mut c = Conn::open(&d.socket).await;
+        assert_eq!(c.call("PUT", "/v1/users/root", Some("root"), Some(json!({"team": "ops"}))).await.0, 200);
+        assert_eq!(c.call("PUT", "/v1/users/alice", Some("root"), Some(json!({"team": "lab"}))).await.0, 200);
+        assert_eq!(c.call("POST", "/v1/projects", Some("root"), Some(json!({"name": "p", "members": ["alice"]}))).await.0, 201);
+        let t = Instant::now();
+        for i in 0..VMS {
+            let (st, _) = c
+                .call("POST", "/v1/vms", Some("alice"), Some(json!({"name": format!("vm-{i}"), "project": "p", "vcpus": 1, "memory_mib": 64})))
+                .await;
+            assert_eq!(st, 201);
+        }
+        let create = t.elapsed();
+        let (_, body) = c.call("GET", "/v1/vms", Some("alice"), None).await;
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed.as_array().unwrap().len(), VMS);
+
+        let bare_path = d.dir.join("bare.sock");
+        let fixed = Bytes::from(vec![b' '; body.len()]);
+        tokio::spawn(bare_server(bare_path.clone(), fixed));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // Interleave to share any drift of the machine between the two.
+        let mut vm_runs = vec![];
+        let mut bare_runs = vec![];
+        for _ in 0..2 {
+            bare_runs.push(load(&bare_path, None).await);
+            vm_runs.push(load(&d.socket, Some("alice")).await);
+        }
+        let pick = |runs: Vec<Stats>| runs.into_iter().max_by(|a, b| a.rps().total_cmp(&b.rps())).unwrap();
+        let (v, b) = (pick(vm_runs), pick(bare_runs));
+        println!("GET /v1/vms, {VMS} VMs, body {} bytes, {CLIENTS} clients x {PER_CLIENT} requests (best of 2 runs each)", body.len());
+        println!("  creating {VMS} VMs through the API: {:.1} ms each", ms(create) / VMS as f64);
+        println!("  {:<22} {:>10} {:>10} {:>10}", "server", "req/s", "p50 ms", "p99 ms");
+        println!("  {:<22} {:>10.0} {:>10.3} {:>10.3}", "bare hyper", b.rps(), ms(b.p50), ms(b.p99));
+        println!("  {:<22} {:>10.0} {:>10.3} {:>10.3}", "vmwardend", v.rps(), ms(v.p50), ms(v.p99));
+        println!(
+            "  ratio vmwardend/bare: throughput {:.2}, p50 {:.2}x, p99 {:.2}x",
+            v.rps() / b.rps(),
+            ms(v.p50) / ms(b.p50),
+            ms(v.p99) / ms(b.p99)
+        );
+    });
+}
