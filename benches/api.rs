@@ -54,7 +54,10 @@ async fn bare_server(path: std::path::PathBuf, body: Bytes) {
                 let body = body.clone();
                 async move {
                     let mut r = hyper::Response::new(Full::new((*body).clone()));
-                    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
                     Ok::<_, std::convert::Infallible>(r)
                 }
             });
@@ -66,7 +69,11 @@ async fn bare_server(path: std::path::PathBuf, body: Bytes) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let d = Daemon::start("[libvirt]\nuri = \"test:///default\"\n");
         let mut c = Conn::open(&d.socket).await;

@@ -19,7 +19,8 @@ impl Daemon {
     pub fn start(extra: &str) -> Daemon {
         let dir = PathBuf::from(format!("/tmp/vmwb-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let socket = dir.join("s.sock");
         let config = dir.join("config.toml");
         std::fs::write(
@@ -70,19 +71,36 @@ pub struct Conn {
 impl Conn {
     pub async fn open(socket: &std::path::Path) -> Conn {
         let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         Conn { sender }
     }
 
-    pub async fn call(&mut self, method: &str, path: &str, user: Option<&str>, body: Option<serde_json::Value>) -> (u16, Bytes) {
-        let mut req = hyper::Request::builder().method(method).uri(path).header("host", "x");
+    pub async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, Bytes) {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "x");
         if let Some(u) = user {
             req = req.header("vmwarden-user", u);
         }
-        let body = body.map(|b| Bytes::from(serde_json::to_vec(&b).unwrap())).unwrap_or_default();
+        let body = body
+            .map(|b| Bytes::from(serde_json::to_vec(&b).unwrap()))
+            .unwrap_or_default();
         self.sender.ready().await.unwrap();
-        let r = self.sender.send_request(req.body(Full::new(body)).unwrap()).await.unwrap();
+        let r = self
+            .sender
+            .send_request(req.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.into_body().collect().await.unwrap().to_bytes())
     }
@@ -99,7 +117,12 @@ impl Stats {
     pub fn from(mut lat: Vec<Duration>, secs: f64) -> Stats {
         lat.sort();
         let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)];
-        Stats { n: lat.len(), secs, p50: q(0.50), p99: q(0.99) }
+        Stats {
+            n: lat.len(),
+            secs,
+            p50: q(0.50),
+            p99: q(0.99),
+        }
     }
     pub fn rps(&self) -> f64 {
         self.n as f64 / self.secs

@@ -320,6 +320,8 @@ pub struct Service {
     /// The users registry as of a store generation: every request resolves its principal, so
     /// this keeps a SQLite query off the hot path while a registration still applies at once.
     users_cache: Mutex<Option<(u64, Arc<HashMap<UserName, User>>)>>,
+    /// Foreign domains already reported, so the periodic reconcile warns once per domain.
+    reported: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -346,6 +348,7 @@ impl Service {
             vm_locks: Mutex::new(HashMap::new()),
             events,
             users_cache: Mutex::new(None),
+            reported: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -1766,7 +1769,11 @@ impl Service {
         let mut user_of = std::collections::HashSet::new();
         if !p.admin {
             let mine = self.vms(p).await?;
-            user_of = mine.iter().filter(|v| v.role == Role::User).map(|v| v.id).collect();
+            user_of = mine
+                .iter()
+                .filter(|v| v.role == Role::User)
+                .map(|v| v.id)
+                .collect();
             f.vms_allowed = Some(mine.into_iter().map(|v| v.id).collect());
         }
         let mut rows = self.db(move |s| s.audit(&f)).await?;
@@ -1793,7 +1800,14 @@ impl Service {
         let vms = self.db(|s| s.vms()).await?;
         let running: std::collections::HashSet<VmId> =
             domains.iter().filter_map(|d| d.vm).collect();
+        let mut reported = self.reported.lock().unwrap();
+        reported.retain(|n| domains.iter().any(|d| &d.name == n));
         for d in &domains {
+            if d.vm.is_some_and(|id| vms.iter().any(|v| v.id == id))
+                || !reported.insert(d.name.clone())
+            {
+                continue;
+            }
             match d.vm {
                 Some(id) if vms.iter().any(|v| v.id == id) => {}
                 Some(id) => {

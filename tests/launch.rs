@@ -151,8 +151,17 @@ fn tampered_wrapped_passphrase_fails_cleanly_without_qemu() {
             .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
             .await;
         assert_eq!((r.status, r.code()), (500, "drive_secret_invalid"), "{r:?}");
-        assert!(r.body["detail"].as_str().unwrap().contains("fails authentication"), "{r:?}");
-        assert!(d.log_text().contains(&drv), "the operator's log names the drive");
+        assert!(
+            r.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("fails authentication"),
+            "{r:?}"
+        );
+        assert!(
+            d.log_text().contains(&drv),
+            "the operator's log names the drive"
+        );
         assert!(!domain_running(&vm));
         assert!(
             !std::path::Path::new(&format!("/var/log/libvirt/qemu/{vm}.log")).exists(),

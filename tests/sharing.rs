@@ -16,9 +16,22 @@ struct World {
 }
 
 async fn world(extra: &str) -> World {
-    let d = Daemon::start(Opts { sharing: extra.into(), ..Default::default() });
+    let d = Daemon::start(Opts {
+        sharing: extra.into(),
+        ..Default::default()
+    });
     let c = d.client();
-    users(&c, &[("alice", "lab"), ("bob", "lab"), ("carol", "lab"), ("dave", "far"), ("erin", "lab")]).await;
+    users(
+        &c,
+        &[
+            ("alice", "lab"),
+            ("bob", "lab"),
+            ("carol", "lab"),
+            ("dave", "far"),
+            ("erin", "lab"),
+        ],
+    )
+    .await;
     let s = project(&c, "genomics", &["alice", "bob", "carol", "dave"]).await;
     unlock(&c, "genomics", &s, "alice").await;
     let drive = drive(&c, "alice", "genomics", "data").await;
@@ -27,7 +40,13 @@ async fn world(extra: &str) -> World {
 }
 
 async fn share(c: &Client, by: &str, vm: &str, to: &str, role: &str, confirm: bool) -> Resp {
-    c.req("PUT", &format!("/v1/vms/{vm}/members/{to}"), Some(by), Some(json!({"role": role, "confirm_drive_access": confirm}))).await
+    c.req(
+        "PUT",
+        &format!("/v1/vms/{vm}/members/{to}"),
+        Some(by),
+        Some(json!({"role": role, "confirm_drive_access": confirm})),
+    )
+    .await
 }
 
 fn raw_has(r: &Resp, needle: &str) -> bool {
@@ -38,17 +57,49 @@ fn raw_has(r: &Resp, needle: &str) -> bool {
 fn user_launches_a_shared_vm_which_boots_from_its_encrypted_drive() {
     rt().block_on(async {
         let w = world("").await;
-        write_boot_sector(&w.d, &w.s, "genomics", &w.drive, &boot_sector("SHARED-BOOT", false));
+        write_boot_sector(
+            &w.d,
+            &w.s,
+            "genomics",
+            &w.drive,
+            &boot_sector("SHARED-BOOT", false),
+        );
         // Before the share bob cannot see the VM; right after it he can (no re-login).
-        assert_eq!(w.c.get(&format!("/v1/vms/{}", w.vm), "bob").await.status, 404);
-        assert_eq!(share(&w.c, "alice", &w.vm, "bob", "user", false).await.status, 200);
+        assert_eq!(
+            w.c.get(&format!("/v1/vms/{}", w.vm), "bob").await.status,
+            404
+        );
+        assert_eq!(
+            share(&w.c, "alice", &w.vm, "bob", "user", false)
+                .await
+                .status,
+            200
+        );
         let r = w.c.get("/v1/vms", "bob").await;
         assert_eq!(r.body.as_array().unwrap().len(), 1, "{r:?}");
-        let r = w.c.req("POST", &format!("/v1/vms/{}/start", w.vm), Some("bob"), None).await;
+        let r =
+            w.c.req(
+                "POST",
+                &format!("/v1/vms/{}/start", w.vm),
+                Some("bob"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(!raw_has(&r, &w.drive));
-        assert!(wait_for_file_containing(&serial_log(&w.d, &w.vm), "SHARED-BOOT", Duration::from_secs(20)));
-        let r = w.c.req("POST", &format!("/v1/vms/{}/stop", w.vm), Some("bob"), Some(json!({"force": true}))).await;
+        assert!(wait_for_file_containing(
+            &serial_log(&w.d, &w.vm),
+            "SHARED-BOOT",
+            Duration::from_secs(20)
+        ));
+        let r =
+            w.c.req(
+                "POST",
+                &format!("/v1/vms/{}/stop", w.vm),
+                Some("bob"),
+                Some(json!({"force": true})),
+            )
+            .await;
         assert_eq!(r.status, 200);
     });
 }
@@ -58,28 +109,70 @@ fn user_cannot_see_or_touch_its_drives() {
     rt().block_on(async {
         let w = world("").await;
         let (c, vm, drv) = (&w.c, w.vm.as_str(), w.drive.as_str());
-        assert_eq!(share(c, "alice", vm, "bob", "user", false).await.status, 200);
+        assert_eq!(
+            share(c, "alice", vm, "bob", "user", false).await.status,
+            200
+        );
         // Owners see the drives; the user's view has none, anywhere.
-        assert!(raw_has(&c.get(&format!("/v1/vms/{vm}"), "alice").await, drv));
-        for path in [format!("/v1/vms/{vm}"), "/v1/vms".into(), format!("/v1/vms/{vm}/members"), "/v1/drives".into(), "/v1/audit".into(), format!("/v1/audit?vm={vm}"), "/v1/me".into()] {
+        assert!(raw_has(
+            &c.get(&format!("/v1/vms/{vm}"), "alice").await,
+            drv
+        ));
+        for path in [
+            format!("/v1/vms/{vm}"),
+            "/v1/vms".into(),
+            format!("/v1/vms/{vm}/members"),
+            "/v1/drives".into(),
+            "/v1/audit".into(),
+            format!("/v1/audit?vm={vm}"),
+            "/v1/me".into(),
+        ] {
             let r = c.get(&path, "bob").await;
             assert_eq!(r.status, 200, "{path}: {r:?}");
             assert!(!raw_has(&r, drv), "{path} leaks the drive to a user: {r:?}");
             assert!(!raw_has(&r, "size_mib"), "{path} leaks drive details");
         }
-        assert!(c.get(&format!("/v1/vms/{vm}"), "bob").await.body.get("drives").is_none());
+        assert!(c
+            .get(&format!("/v1/vms/{vm}"), "bob")
+            .await
+            .body
+            .get("drives")
+            .is_none());
         // Every drive operation answers as if the drive did not exist.
         let r = c.get(&format!("/v1/drives/{drv}"), "bob").await;
         assert_eq!((r.status, r.code()), (404, "drive_not_found"));
-        let r = c.req("DELETE", &format!("/v1/drives/{drv}"), Some("bob"), None).await;
+        let r = c
+            .req("DELETE", &format!("/v1/drives/{drv}"), Some("bob"), None)
+            .await;
         assert_eq!(r.status, 404);
-        let r = c.req("DELETE", &format!("/v1/vms/{vm}/drives/{drv}"), Some("bob"), None).await;
+        let r = c
+            .req(
+                "DELETE",
+                &format!("/v1/vms/{vm}/drives/{drv}"),
+                Some("bob"),
+                None,
+            )
+            .await;
         assert_eq!((r.status, r.code()), (404, "drive_not_found"));
-        let r = c.req("PUT", &format!("/v1/vms/{vm}/drives/{drv}"), Some("bob"), None).await;
+        let r = c
+            .req(
+                "PUT",
+                &format!("/v1/vms/{vm}/drives/{drv}"),
+                Some("bob"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 403);
         // Nor can bob put the drive into a VM of his own.
         let mine = vm_of(c, "bob", "mine").await;
-        let r = c.req("PUT", &format!("/v1/vms/{mine}/drives/{drv}"), Some("bob"), None).await;
+        let r = c
+            .req(
+                "PUT",
+                &format!("/v1/vms/{mine}/drives/{drv}"),
+                Some("bob"),
+                None,
+            )
+            .await;
         assert_eq!((r.status, r.code()), (404, "drive_not_found"));
     });
 }
@@ -92,7 +185,12 @@ async fn vm_of(c: &Client, user: &str, name: &str) -> String {
 fn user_reshares_within_the_team_but_not_across_teams() {
     rt().block_on(async {
         let w = world("").await;
-        assert_eq!(share(&w.c, "alice", &w.vm, "bob", "user", false).await.status, 200);
+        assert_eq!(
+            share(&w.c, "alice", &w.vm, "bob", "user", false)
+                .await
+                .status,
+            200
+        );
         let r = share(&w.c, "bob", &w.vm, "carol", "user", false).await;
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.body["users"], json!(["bob", "carol"]));
@@ -104,11 +202,28 @@ fn user_reshares_within_the_team_but_not_across_teams() {
         let r = share(&w.c, "alice", &w.vm, "erin", "user", false).await;
         assert_eq!((r.status, r.code()), (409, "not_project_member"));
         // A user removes itself; not others.
-        let r = w.c.req("DELETE", &format!("/v1/vms/{}/members/bob", w.vm), Some("carol"), None).await;
+        let r =
+            w.c.req(
+                "DELETE",
+                &format!("/v1/vms/{}/members/bob", w.vm),
+                Some("carol"),
+                None,
+            )
+            .await;
         assert_eq!((r.status, r.code()), (403, "owner_required"));
-        let r = w.c.req("DELETE", &format!("/v1/vms/{}/members/carol", w.vm), Some("carol"), None).await;
+        let r =
+            w.c.req(
+                "DELETE",
+                &format!("/v1/vms/{}/members/carol", w.vm),
+                Some("carol"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 200);
-        assert_eq!(w.c.get(&format!("/v1/vms/{}", w.vm), "carol").await.status, 404);
+        assert_eq!(
+            w.c.get(&format!("/v1/vms/{}", w.vm), "carol").await.status,
+            404
+        );
     });
 }
 
@@ -116,7 +231,12 @@ fn user_reshares_within_the_team_but_not_across_teams() {
 fn user_cannot_grant_owner() {
     rt().block_on(async {
         let w = world("").await;
-        assert_eq!(share(&w.c, "alice", &w.vm, "bob", "user", false).await.status, 200);
+        assert_eq!(
+            share(&w.c, "alice", &w.vm, "bob", "user", false)
+                .await
+                .status,
+            200
+        );
         let r = share(&w.c, "bob", &w.vm, "carol", "owner", true).await;
         assert_eq!((r.status, r.code()), (403, "owner_required"));
         let r = share(&w.c, "bob", &w.vm, "bob", "owner", true).await;
@@ -133,21 +253,40 @@ fn coownership_needs_confirmation_and_a_third_owner_is_refused() {
         let r = share(&w.c, "alice", &w.vm, "bob", "owner", false).await;
         assert_eq!((r.status, r.code()), (409, "confirmation_required"));
         let r = share(&w.c, "alice", &w.vm, "bob", "owner", true).await;
-        assert_eq!((r.status, r.body["change"].as_str()), (200, Some("created")), "{r:?}");
+        assert_eq!(
+            (r.status, r.body["change"].as_str()),
+            (200, Some("created")),
+            "{r:?}"
+        );
         assert_eq!(r.body["owners"], json!(["alice", "bob"]));
         // Idempotent.
         let r = share(&w.c, "alice", &w.vm, "bob", "owner", true).await;
         assert_eq!(r.body["change"], "unchanged");
         // Rule 7: bob now owns the drive and sees it.
-        assert!(raw_has(&w.c.get(&format!("/v1/drives/{}", w.drive), "bob").await, &w.drive));
+        assert!(raw_has(
+            &w.c.get(&format!("/v1/drives/{}", w.drive), "bob").await,
+            &w.drive
+        ));
         let r = share(&w.c, "alice", &w.vm, "carol", "owner", true).await;
         assert_eq!((r.status, r.code()), (409, "max_owners_reached"));
         // Revoking ownership takes the drive away again.
         let r = share(&w.c, "alice", &w.vm, "bob", "user", false).await;
         assert_eq!(r.status, 200);
-        assert_eq!(w.c.get(&format!("/v1/drives/{}", w.drive), "bob").await.status, 404);
+        assert_eq!(
+            w.c.get(&format!("/v1/drives/{}", w.drive), "bob")
+                .await
+                .status,
+            404
+        );
         // The last owner stays.
-        let r = w.c.req("DELETE", &format!("/v1/vms/{}/members/alice", w.vm), Some("alice"), None).await;
+        let r =
+            w.c.req(
+                "DELETE",
+                &format!("/v1/vms/{}/members/alice", w.vm),
+                Some("alice"),
+                None,
+            )
+            .await;
         assert_eq!((r.status, r.code()), (409, "last_owner"));
     });
 }
@@ -157,26 +296,65 @@ fn coowner_takes_a_drive_into_their_own_vm_and_the_original_refuses_to_start() {
     rt().block_on(async {
         let w = world("").await;
         let (c, vm, drv) = (&w.c, w.vm.as_str(), w.drive.as_str());
-        assert_eq!(share(c, "alice", vm, "bob", "owner", true).await.status, 200);
+        assert_eq!(
+            share(c, "alice", vm, "bob", "owner", true).await.status,
+            200
+        );
         let own = vm_of(c, "bob", "bobs").await;
-        let r = c.req("DELETE", &format!("/v1/vms/{vm}/drives/{drv}"), Some("bob"), None).await;
+        let r = c
+            .req(
+                "DELETE",
+                &format!("/v1/vms/{vm}/drives/{drv}"),
+                Some("bob"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
-        let r = c.req("PUT", &format!("/v1/vms/{own}/drives/{drv}"), Some("bob"), None).await;
+        let r = c
+            .req(
+                "PUT",
+                &format!("/v1/vms/{own}/drives/{drv}"),
+                Some("bob"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
         // alice no longer owns it; the original VM has no drive and refuses to start.
-        assert_eq!(c.get(&format!("/v1/drives/{drv}"), "alice").await.status, 404);
-        let r = c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await;
+        assert_eq!(
+            c.get(&format!("/v1/drives/{drv}"), "alice").await.status,
+            404
+        );
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
         assert_eq!((r.status, r.code()), (409, "no_drive"));
         // Audited, and visible to the other owner in the audit and members views.
         let r = c.get(&format!("/v1/audit?vm={vm}"), "alice").await;
         let rows = r.body.as_array().unwrap();
-        assert!(rows.iter().any(|e| e["action"] == "drive.detach" && e["actor"] == "bob" && e["target"] == drv), "{r:?}");
+        assert!(
+            rows.iter().any(|e| e["action"] == "drive.detach"
+                && e["actor"] == "bob"
+                && e["target"] == drv),
+            "{r:?}"
+        );
         let m = c.get(&format!("/v1/vms/{vm}/members"), "alice").await;
         assert_eq!(m.body["owners"], json!(["alice", "bob"]));
         let r = c.get(&format!("/v1/audit?vm={own}"), "root").await;
-        assert!(r.body.as_array().unwrap().iter().any(|e| e["action"] == "drive.attach" && e["actor"] == "bob"));
+        assert!(r
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "drive.attach" && e["actor"] == "bob"));
         // A drive in use elsewhere cannot be attached by its former owner.
-        let r = c.req("PUT", &format!("/v1/vms/{vm}/drives/{drv}"), Some("alice"), None).await;
+        let r = c
+            .req(
+                "PUT",
+                &format!("/v1/vms/{vm}/drives/{drv}"),
+                Some("alice"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 404);
     });
 }
@@ -186,18 +364,58 @@ fn owner_removed_from_the_project_loses_sight_of_the_vm() {
     rt().block_on(async {
         let w = world("").await;
         let (c, vm) = (&w.c, w.vm.as_str());
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await.status, 200);
-        let r = c.req("DELETE", "/v1/projects/genomics/members/alice", Some("root"), None).await;
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
+        let r = c
+            .req(
+                "DELETE",
+                "/v1/projects/genomics/members/alice",
+                Some("root"),
+                None,
+            )
+            .await;
         assert_eq!(r.status, 200);
         assert_eq!(c.get(&format!("/v1/vms/{vm}"), "alice").await.status, 404);
-        assert!(c.get("/v1/vms", "alice").await.body.as_array().unwrap().is_empty());
-        assert!(c.get("/v1/drives", "alice").await.body.as_array().unwrap().is_empty());
-        assert_eq!(c.get(&format!("/v1/drives/{}", w.drive), "alice").await.status, 404);
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), None).await.status, 404);
+        assert!(c
+            .get("/v1/vms", "alice")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty());
+        assert!(c
+            .get("/v1/drives", "alice")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            c.get(&format!("/v1/drives/{}", w.drive), "alice")
+                .await
+                .status,
+            404
+        );
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), None)
+                .await
+                .status,
+            404
+        );
         // The running VM is not touched.
         assert!(domain_running(vm));
         // Back in the project, back in sight.
-        c.req("PUT", "/v1/projects/genomics/members/alice", Some("root"), None).await;
+        c.req(
+            "PUT",
+            "/v1/projects/genomics/members/alice",
+            Some("root"),
+            None,
+        )
+        .await;
         assert_eq!(c.get(&format!("/v1/vms/{vm}"), "alice").await.status, 200);
     });
 }
@@ -212,24 +430,57 @@ fn admin_cannot_start_or_see_drives_of_a_vm_in_a_project_they_are_not_in() {
         unlock(&c, "secret", &s, "alice").await;
         let drv = drive(&c, "alice", "secret", "data").await;
         let vm = vm(&c, "alice", "secret", "web", &[&drv]).await;
-        for (m, p) in [("GET", format!("/v1/vms/{vm}")), ("POST", format!("/v1/vms/{vm}/start")), ("GET", format!("/v1/vms/{vm}/members")), ("GET", format!("/v1/drives/{drv}")), ("PUT", format!("/v1/vms/{vm}/members/root"))] {
+        for (m, p) in [
+            ("GET", format!("/v1/vms/{vm}")),
+            ("POST", format!("/v1/vms/{vm}/start")),
+            ("GET", format!("/v1/vms/{vm}/members")),
+            ("GET", format!("/v1/drives/{drv}")),
+            ("PUT", format!("/v1/vms/{vm}/members/root")),
+        ] {
             let body = (m == "PUT").then(|| json!({"role": "owner", "confirm_drive_access": true}));
             let r = c.req(m, &p, Some("root"), body).await;
             assert_eq!(r.status, 404, "{m} {p}: {r:?}");
         }
         assert!(!domain_running(&vm));
-        assert!(c.get("/v1/vms", "root").await.body.as_array().unwrap().is_empty());
+        assert!(c
+            .get("/v1/vms", "root")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty());
         // The host inventory shows the VM, without drive details; the admin may stop it.
         let r = c.get("/v1/host/vms", "root").await;
         assert_eq!(r.body.as_array().unwrap().len(), 1);
         assert!(!raw_has(&r, &drv) && !raw_has(&r, "drives"), "{r:?}");
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await.status, 200);
-        let r = c.req("POST", &format!("/v1/host/vms/{vm}/stop"), Some("root"), Some(json!({"force": true}))).await;
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
+        let r = c
+            .req(
+                "POST",
+                &format!("/v1/host/vms/{vm}/stop"),
+                Some("root"),
+                Some(json!({"force": true})),
+            )
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(!domain_running(&vm));
         let r = c.get(&format!("/v1/vms/{vm}"), "alice").await;
-        assert_eq!((r.body["state"].as_str(), r.body["state_reason"].as_str()), (Some("stopped"), Some("admin")));
+        assert_eq!(
+            (r.body["state"].as_str(), r.body["state_reason"].as_str()),
+            (Some("stopped"), Some("admin"))
+        );
         let r = c.get(&format!("/v1/audit?vm={vm}"), "root").await;
-        assert!(r.body.as_array().unwrap().iter().any(|e| e["action"] == "host.stop" && e["detail"].as_str().unwrap().contains("reason=admin")));
+        assert!(r
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "host.stop"
+                && e["detail"].as_str().unwrap().contains("reason=admin")));
     });
 }

@@ -13,17 +13,51 @@ const PEOPLE: [&str; 4] = ["alice", "bob", "carol", "dave"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Share { by: usize, vm: usize, to: usize, owner: bool, confirm: bool },
-    Unshare { by: usize, vm: usize, who: usize },
-    Member { who: usize, add: bool },
-    Attach { by: usize, vm: usize, drive: usize },
-    Detach { by: usize, vm: usize, drive: usize },
+    Share {
+        by: usize,
+        vm: usize,
+        to: usize,
+        owner: bool,
+        confirm: bool,
+    },
+    Unshare {
+        by: usize,
+        vm: usize,
+        who: usize,
+    },
+    Member {
+        who: usize,
+        add: bool,
+    },
+    Attach {
+        by: usize,
+        vm: usize,
+        drive: usize,
+    },
+    Detach {
+        by: usize,
+        vm: usize,
+        drive: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let p = 0..PEOPLE.len();
     prop_oneof![
-        (p.clone(), 0..3usize, p.clone(), any::<bool>(), any::<bool>()).prop_map(|(by, vm, to, owner, confirm)| Op::Share { by, vm, to, owner, confirm }),
+        (
+            p.clone(),
+            0..3usize,
+            p.clone(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(by, vm, to, owner, confirm)| Op::Share {
+                by,
+                vm,
+                to,
+                owner,
+                confirm
+            }),
         (p.clone(), 0..3usize, p.clone()).prop_map(|(by, vm, who)| Op::Unshare { by, vm, who }),
         (p.clone(), any::<bool>()).prop_map(|(who, add)| Op::Member { who, add }),
         (p.clone(), 0..3usize, 0..3usize).prop_map(|(by, vm, drive)| Op::Attach { by, vm, drive }),
@@ -40,8 +74,13 @@ struct World {
 
 fn owned_drives(d: &Daemon, user: &str) -> HashSet<String> {
     let conn = rusqlite::Connection::open(d.db()).unwrap();
-    let mut st = conn.prepare("SELECT drive FROM drive_owners WHERE user = ?1").unwrap();
-    st.query_map([user], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
+    let mut st = conn
+        .prepare("SELECT drive FROM drive_owners WHERE user = ?1")
+        .unwrap();
+    st.query_map([user], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 fn owners_per_vm(d: &Daemon) -> Vec<i64> {
@@ -49,7 +88,10 @@ fn owners_per_vm(d: &Daemon) -> Vec<i64> {
     let mut st = conn
         .prepare("SELECT (SELECT COUNT(*) FROM vm_roles r WHERE r.vm = v.id AND r.role = 'owner') FROM vms v")
         .unwrap();
-    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 async fn apply(w: &World, op: &Op) -> u16 {
@@ -70,11 +112,18 @@ async fn apply(w: &World, op: &Op) -> u16 {
 }
 
 async fn check_invariants(w: &World) {
-    assert!(owners_per_vm(&w.d).iter().all(|n| *n >= 1), "a VM lost its last owner");
+    assert!(
+        owners_per_vm(&w.d).iter().all(|n| *n >= 1),
+        "a VM lost its last owner"
+    );
     for who in PEOPLE {
         let mine = owned_drives(&w.d, who);
         let foreign: Vec<&String> = w.drives.iter().filter(|d| !mine.contains(*d)).collect();
-        let mut paths = vec!["/v1/vms".to_string(), "/v1/drives".into(), "/v1/audit".into()];
+        let mut paths = vec![
+            "/v1/vms".to_string(),
+            "/v1/drives".into(),
+            "/v1/audit".into(),
+        ];
         for vm in &w.vms {
             paths.push(format!("/v1/vms/{vm}"));
             paths.push(format!("/v1/vms/{vm}/members"));
@@ -84,7 +133,10 @@ async fn check_invariants(w: &World) {
             assert!(r.status < 500, "{p} as {who}: {r:?}");
             let text = String::from_utf8_lossy(&r.raw);
             for d in &foreign {
-                assert!(!text.contains(d.as_str()), "{who} received drive {d} it does not own via {p}: {text}");
+                assert!(
+                    !text.contains(d.as_str()),
+                    "{who} received drive {d} it does not own via {p}: {text}"
+                );
             }
         }
     }
@@ -96,7 +148,16 @@ fn random_sharing_sequences_keep_the_invariants() {
     let w = rt.block_on(async {
         let d = Daemon::start(Opts::default());
         let c = d.client();
-        users(&c, &[("alice", "lab"), ("bob", "lab"), ("carol", "lab"), ("dave", "far")]).await;
+        users(
+            &c,
+            &[
+                ("alice", "lab"),
+                ("bob", "lab"),
+                ("carol", "lab"),
+                ("dave", "far"),
+            ],
+        )
+        .await;
         let s = project(&c, "genomics", &["alice", "bob", "carol", "dave"]).await;
         unlock(&c, "genomics", &s, "alice").await;
         let mut drives = vec![];
@@ -108,7 +169,11 @@ fn random_sharing_sequences_keep_the_invariants() {
         }
         World { d, c, vms, drives }
     });
-    let cfg = ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() };
+    let cfg = ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
     proptest!(cfg, |(ops in proptest::collection::vec(op(), 1..20))| {
         rt.block_on(async {
             for op in &ops {

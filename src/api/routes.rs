@@ -510,11 +510,19 @@ async fn dispatch(
         ("GET", "/v1/vms") => {
             // Orchestrators poll this; the rendered list is reused until the store changes.
             let g = svc.generation();
-            let cached = st.vms_cache.lock().unwrap().get(&p.name).filter(|(cg, _)| *cg == g).map(|(_, b)| b.clone());
+            let cached = st
+                .vms_cache
+                .lock()
+                .unwrap()
+                .get(&p.name)
+                .filter(|(cg, _)| *cg == g)
+                .map(|(_, b)| b.clone());
             let body = match cached {
                 Some(b) => b,
                 None => {
-                    let b = Bytes::from(serde_json::to_vec(&svc.vms(&p).await?).expect("DTOs serialize"));
+                    let b = Bytes::from(
+                        serde_json::to_vec(&svc.vms(&p).await?).expect("DTOs serialize"),
+                    );
                     let mut cache = st.vms_cache.lock().unwrap();
                     if cache.len() >= 4096 {
                         cache.clear();
@@ -524,7 +532,8 @@ async fn dispatch(
                 }
             };
             let mut r = Response::new(ApiBody::Full(Full::new(body)));
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             Ok(r)
         }
         ("POST", "/v1/vms") => {
