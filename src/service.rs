@@ -1793,13 +1793,8 @@ impl Service {
 
     // ----- background -----
 
-    /// Aligns the store with libvirt: a VM whose domain runs is running, one without a domain
-    /// is stopped. Domains vmwarden does not know are reported, never touched.
-    pub async fn reconcile(&self) -> Result<()> {
-        let domains = self.hv(|h| h.list()).await?;
-        let vms = self.db(|s| s.vms()).await?;
-        let running: std::collections::HashSet<VmId> =
-            domains.iter().filter_map(|d| d.vm).collect();
+    /// Logs each domain vmwarden does not manage once; never touches it.
+    fn report_foreign(&self, domains: &[crate::hypervisor::DomainInfo], vms: &[Vm]) {
         let mut reported = self.reported.lock().unwrap();
         reported.retain(|n| domains.iter().any(|d| &d.name == n));
         for d in &domains {
@@ -1818,6 +1813,16 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// Aligns the store with libvirt: a VM whose domain runs is running, one without a domain
+    /// is stopped. Domains vmwarden does not know are reported, never touched.
+    pub async fn reconcile(&self) -> Result<()> {
+        let domains = self.hv(|h| h.list()).await?;
+        let vms = self.db(|s| s.vms()).await?;
+        let running: std::collections::HashSet<VmId> =
+            domains.iter().filter_map(|d| d.vm).collect();
+        self.report_foreign(&domains, &vms);
         let system = Principal {
             name: UserName::parse("vmwardend").expect("valid"),
             team: None,
