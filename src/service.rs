@@ -309,6 +309,9 @@ pub const MAX_MEMORY_MIB: u64 = 1024 * 1024;
 /// Upper bound on drive size (16 TiB).
 pub const MAX_DRIVE_MIB: u64 = 16 * 1024 * 1024;
 
+/// The users registry by name, shared between requests.
+type UserMap = Arc<HashMap<UserName, User>>;
+
 /// The service: shared state of the daemon.
 pub struct Service {
     cfg: Arc<Config>,
@@ -319,7 +322,7 @@ pub struct Service {
     events: broadcast::Sender<Event>,
     /// The users registry as of a store generation: every request resolves its principal, so
     /// this keeps a SQLite query off the hot path while a registration still applies at once.
-    users_cache: Mutex<Option<(u64, Arc<HashMap<UserName, User>>)>>,
+    users_cache: Mutex<Option<(u64, UserMap)>>,
     /// Foreign domains already reported, so the periodic reconcile warns once per domain.
     reported: Mutex<std::collections::HashSet<String>>,
 }
@@ -1797,7 +1800,7 @@ impl Service {
     fn report_foreign(&self, domains: &[crate::hypervisor::DomainInfo], vms: &[Vm]) {
         let mut reported = self.reported.lock().unwrap();
         reported.retain(|n| domains.iter().any(|d| &d.name == n));
-        for d in &domains {
+        for d in domains {
             if d.vm.is_some_and(|id| vms.iter().any(|v| v.id == id))
                 || !reported.insert(d.name.clone())
             {
