@@ -4,6 +4,7 @@
 //! 2. `virsh create` with an unencrypted qcow2 image.
 //! 3. `virsh create` with a LUKS qcow2 image made at qemu-img's default iter-time, its secret
 //!    defined beforehand (not timed).
+//!
 //! Each launch is destroyed before the next; destroy is not timed. Runs are interleaved.
 
 mod common;
