@@ -20,7 +20,7 @@ lint:
 
 # Unit, table and property tests, then the real-socket, real-libvirt, real-QEMU tests.
 test: setup lint
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 bench: setup
 	$(CARGO) bench --bench api

@@ -177,6 +177,8 @@ pub struct IdleConfig {
     pub after: Duration,
     /// Default CPU threshold.
     pub cpu_percent: f64,
+    /// Disk + network threshold (KiB/s) under which a VM counts as idle.
+    pub io_kib_per_sec: f64,
     /// Warning lead time.
     #[serde(with = "duration")]
     pub warn_before: Duration,
@@ -199,6 +201,7 @@ impl Default for IdleConfig {
             enabled: true,
             after: Duration::from_secs(2 * 3600),
             cpu_percent: 5.0,
+            io_kib_per_sec: 64.0,
             warn_before: Duration::from_secs(600),
             shutdown_timeout: Duration::from_secs(120),
             sample_interval: Duration::from_secs(30),
@@ -312,6 +315,9 @@ impl Config {
         }
         if !(0.0..=100.0 * 1024.0).contains(&i.cpu_percent) || i.cpu_percent.is_nan() {
             return Err(fail("idle", "cpu_percent", "Must be a percentage".into()));
+        }
+        if i.io_kib_per_sec.is_nan() || i.io_kib_per_sec < 0.0 {
+            return Err(fail("idle", "io_kib_per_sec", "Must be zero or more".into()));
         }
         if i.after > i.max_after {
             return Err(fail(

@@ -372,8 +372,16 @@ impl Keyring {
 
     /// Zeroizes whatever has expired; the daemon calls it periodically so that memory is
     /// cleared on time even when nobody asks.
-    pub fn sweep(&self, now: Instant) {
-        Self::expire(&mut self.slots.lock().unwrap(), now);
+    /// Returns the projects whose unlocked key expired.
+    pub fn sweep(&self, now: Instant) -> Vec<ProjectName> {
+        let mut map = self.slots.lock().unwrap();
+        let expired = map
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Unlocked { until, .. } if *until <= now))
+            .map(|(p, _)| p.clone())
+            .collect();
+        Self::expire(&mut map, now);
+        expired
     }
 
     /// The project's unlock status.

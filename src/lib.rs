@@ -12,6 +12,7 @@
 //! - `store`: SQLite with migrations; one transaction per mutation with its audit row.
 //! - `keys`: project keys, shares, two-party unlock, passphrase wrapping.
 //! - `hypervisor`: the `Hypervisor` trait, its libvirt implementation, domain XML, images.
+//! - `idle`: the idle decision over activity samples and the per-VM tracker.
 //! - `config`: TOML config with defaults and located errors.
 //! - `daemon`: process set-up shared by `vmwardend` (hardening, notify, logging).
 
@@ -23,6 +24,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod hypervisor;
+pub mod idle;
 pub mod keys;
 pub mod model;
 pub mod policy;

@@ -7,7 +7,8 @@
 //! pool. Mutations write their audit row in the same transaction as the change.
 
 use crate::config::Config;
-use crate::hypervisor::{image, DiskSpec, DomainSpec, Hypervisor, HypervisorError};
+use crate::hypervisor::{image, DiskSpec, DomainSpec, Hypervisor, HypervisorError, LifecycleEvent};
+use crate::idle;
 use crate::keys::{self, KeyError, Keyring, LockStatus, Submitter, UnlockOutcome};
 use crate::model::{
     Drive, DriveId, DriveName, IdlePolicy, ProjectName, Role, SecretBytes, TeamName, User,
@@ -232,6 +233,23 @@ pub struct VmView {
     /// Attached drives, owners only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drives: Option<Vec<DriveView>>,
+    /// Idle clock of a running VM (single-VM view only; lists stay cacheable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_status: Option<IdleStatus>,
+}
+
+/// Where a running VM's idle clock stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleStatus {
+    /// Whether idle shutdown applies to this VM.
+    pub enabled: bool,
+    /// The idle period in force.
+    #[serde(with = "crate::config::duration")]
+    pub after: Duration,
+    /// Idle since (ms since the epoch), if idle.
+    pub idle_since_ms: Option<i64>,
+    /// Planned shutdown (ms since the epoch), if idle.
+    pub shutdown_at_ms: Option<i64>,
 }
 
 /// `GET /v1/host/vms` row: no drive details.
@@ -325,6 +343,10 @@ pub struct Service {
     users_cache: Mutex<Option<(u64, UserMap)>>,
     /// Foreign domains already reported, so the periodic reconcile warns once per domain.
     reported: Mutex<std::collections::HashSet<String>>,
+    /// Idle clocks of running VMs, fed by `idle_sweep`.
+    idle: Mutex<idle::Tracker>,
+    /// Idle shutdowns since start, for /metrics.
+    idle_shutdowns: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -352,6 +374,8 @@ impl Service {
             events,
             users_cache: Mutex::new(None),
             reported: Mutex::new(std::collections::HashSet::new()),
+            idle: Mutex::new(idle::Tracker::new()),
+            idle_shutdowns: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -392,11 +416,22 @@ impl Service {
     }
 
     fn emit(&self, kind: &'static str, vm: Option<&Vm>, data: serde_json::Value) {
+        self.emit_drive(kind, vm, None, data);
+    }
+
+    /// An event that names a drive; the API strips the drive for subscribers who do not own it.
+    fn emit_drive(
+        &self,
+        kind: &'static str,
+        vm: Option<&Vm>,
+        drive: Option<DriveId>,
+        data: serde_json::Value,
+    ) {
         let _ = self.events.send(Event {
             kind,
             vm: vm.map(|v| v.id),
             project: vm.map(|v| v.project.clone()),
-            drive: None,
+            drive,
             data,
             at_ms: crate::store::now_ms(),
         });
@@ -1013,6 +1048,7 @@ impl Service {
     }
 
     async fn view(&self, p: &Principal, vm: Vm) -> Result<VmView> {
+        let idle_status = (vm.state == VmState::Running).then(|| self.idle_status(&vm));
         let role = vm.role_of(&p.name).unwrap_or(Role::User);
         let drives = if role == Role::Owner {
             let mut out = vec![];
@@ -1035,9 +1071,30 @@ impl Service {
             state: vm.state,
             state_reason: vm.state_reason,
             role,
+            idle_status,
             idle: vm.idle,
             drives,
         })
+    }
+
+    fn idle_status(&self, vm: &Vm) -> IdleStatus {
+        let eff = idle::Effective::of(&self.cfg.idle, &vm.idle);
+        let at = self.idle.lock().unwrap().status(vm.id, &eff);
+        let now = tokio::time::Instant::now();
+        let wall = |t: tokio::time::Instant| {
+            let now_ms = crate::store::now_ms();
+            if t >= now {
+                now_ms + t.duration_since(now).as_millis() as i64
+            } else {
+                now_ms - now.duration_since(t).as_millis() as i64
+            }
+        };
+        IdleStatus {
+            enabled: eff.enabled,
+            after: eff.after,
+            idle_since_ms: at.map(|(s, _)| wall(s)),
+            shutdown_at_ms: at.map(|(_, d)| wall(d)),
+        }
     }
 
     fn check_size(vcpus: u32, memory_mib: u64) -> Result<()> {
@@ -1212,6 +1269,7 @@ impl Service {
                 role,
                 idle: vm.idle,
                 drives,
+                idle_status: None,
             });
         }
         Ok(out)
@@ -1594,7 +1652,11 @@ impl Service {
         let id = vm.id;
         let lock = self.vm_lock(id);
         let _g = lock.lock().await;
-        let timeout = self.cfg.libvirt.shutdown_timeout;
+        let timeout = if reason == "idle" {
+            self.cfg.idle.shutdown_timeout
+        } else {
+            self.cfg.libvirt.shutdown_timeout
+        };
         let how = self
             .hv(move |h| {
                 if !force {
@@ -1624,10 +1686,10 @@ impl Service {
         self.db(move |s| {
             let mut a = Self::audit(
                 &actor,
-                if reason == "admin" {
-                    "host.stop"
-                } else {
-                    "vm.stop"
+                match reason {
+                    "admin" => "host.stop",
+                    "idle" => "vm.idle_shutdown",
+                    _ => "vm.stop",
                 },
                 id.to_string(),
                 Some(id),
@@ -1647,6 +1709,7 @@ impl Service {
     /// Restarts the idle clock (idle shutdown itself is the `idle` module's).
     pub async fn keepalive(&self, p: &Principal, id: VmId) -> Result<VmView> {
         let vm = self.vm_checked(p, id, VmAction::Keepalive).await?;
+        self.idle.lock().unwrap().keepalive(id, tokio::time::Instant::now());
         let actor = p.clone();
         self.db(move |s| {
             s.audit_outcome(
@@ -1692,7 +1755,7 @@ impl Service {
             s.attach(&a, id, drive)
         })
         .await?;
-        self.emit("drive.attached", Some(&vm), serde_json::json!({"id": id}));
+        self.emit_drive("drive.attached", Some(&vm), Some(drive), serde_json::json!({"id": id}));
         let vm = self.vm_checked(p, id, VmAction::View).await?;
         Ok(Changed {
             change: Change::Created,
@@ -1725,7 +1788,7 @@ impl Service {
             )
         })
         .await?;
-        self.emit("drive.detached", Some(&vm), serde_json::json!({"id": id}));
+        self.emit_drive("drive.detached", Some(&vm), Some(drive), serde_json::json!({"id": id}));
         let vm = self.vm_checked(p, id, VmAction::View).await?;
         Ok(Changed {
             change: Change::Removed,
@@ -1826,32 +1889,138 @@ impl Service {
         let running: std::collections::HashSet<VmId> =
             domains.iter().filter_map(|d| d.vm).collect();
         self.report_foreign(&domains, &vms);
-        let system = Principal {
+        for vm in vms {
+            let is = running.contains(&vm.id);
+            let reason = if is { "found_running" } else { "exited" };
+            if (vm.state == VmState::Running) != is {
+                self.settle(vm.id, reason).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what libvirt says about one VM, under the VM's lock and after asking libvirt
+    /// again: a stop or start in flight holds the lock and records its own reason, and this
+    /// must not overwrite it with a stale observation.
+    pub async fn settle(&self, id: VmId, reason: &'static str) -> Result<()> {
+        let lock = self.vm_lock(id);
+        let _g = lock.lock().await;
+        let Some(vm) = self.db(move |s| s.vm(id)).await? else {
+            return Ok(());
+        };
+        let is = self.hv(move |h| h.is_running(id)).await?;
+        let state = if is { VmState::Running } else { VmState::Stopped };
+        if vm.state == state {
+            return Ok(());
+        }
+        let actor = Self::system();
+        self.db(move |s| {
+            let mut a = Self::audit(&actor, "vm.state", id.to_string(), Some(id));
+            a.detail = format!("state={} reason={reason}", state.as_str());
+            s.set_state(&a, id, state, reason)
+        })
+        .await?;
+        self.emit(
+            "vm.state",
+            Some(&vm),
+            serde_json::json!({"id": id, "state": state, "reason": reason}),
+        );
+        Ok(())
+    }
+
+    fn system() -> Principal {
+        Principal {
             name: UserName::parse("vmwardend").expect("valid"),
             team: None,
             admin: true,
-        };
-        for vm in vms {
-            let is = running.contains(&vm.id);
-            let (state, reason) = match (vm.state, is) {
-                (VmState::Running, false) => (VmState::Stopped, "exited"),
-                (VmState::Stopped, true) => (VmState::Running, "found_running"),
-                _ => continue,
-            };
-            let id = vm.id;
-            let actor = system.clone();
-            self.db(move |s| {
-                let mut a = Self::audit(&actor, "vm.reconcile", id.to_string(), Some(id));
-                a.detail = format!("state={} reason={reason}", state.as_str());
-                s.set_state(&a, id, state, reason)
-            })
-            .await?;
-            self.emit(
-                "vm.state",
-                Some(&vm),
-                serde_json::json!({"id": id, "state": state, "reason": reason}),
-            );
+        }
+    }
+
+    /// Applies one libvirt lifecycle event: the store follows within the event's latency,
+    /// with the reason libvirt gave. After a reconnection, everything is reconciled.
+    pub async fn on_lifecycle(&self, ev: LifecycleEvent) -> Result<()> {
+        match ev {
+            LifecycleEvent::Reconnected => self.reconcile().await,
+            LifecycleEvent::Started { name } => match name.parse::<VmId>() {
+                Ok(id) => self.settle(id, "started").await,
+                Err(_) => Ok(()),
+            },
+            LifecycleEvent::Stopped { name, reason } => match name.parse::<VmId>() {
+                Ok(id) => {
+                    self.idle.lock().unwrap().forget(id);
+                    self.settle(id, reason.as_str()).await
+                }
+                Err(_) => Ok(()),
+            },
+        }
+    }
+
+    /// Idle shutdowns since start.
+    pub fn idle_shutdowns(&self) -> u64 {
+        self.idle_shutdowns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One idle sweep: one bulk-stats call for every domain, one decision per running VM.
+    /// Warnings become events; shutdowns run in the background (ACPI, then destroy after
+    /// `idle.shutdown_timeout`) and are recorded with reason `idle`.
+    pub async fn idle_sweep(self: &Arc<Self>) -> Result<()> {
+        let stats = self.hv(|h| h.stats()).await?;
+        let vms: HashMap<VmId, Vm> = self
+            .db(|s| s.vms())
+            .await?
+            .into_iter()
+            .filter(|v| v.state == VmState::Running)
+            .map(|v| (v.id, v))
+            .collect();
+        let now = tokio::time::Instant::now();
+        let samples = stats.iter().filter(|st| st.running).filter_map(|st| {
+            let vm = vms.get(&st.vm?)?;
+            Some((
+                vm.id,
+                idle::Sample {
+                    at: now,
+                    cpu_time_ns: st.cpu_time_ns,
+                    io_bytes: st.block_bytes + st.net_bytes,
+                },
+                idle::Effective::of(&self.cfg.idle, &vm.idle),
+            ))
+        });
+        let decisions = self.idle.lock().unwrap().sweep(samples);
+        for (id, d) in decisions {
+            let vm = &vms[&id];
+            match d {
+                idle::Decision::Warn { deadline } => {
+                    let at = crate::store::now_ms() + deadline.saturating_duration_since(now).as_millis() as i64;
+                    self.emit("vm.idle_warning", Some(vm), serde_json::json!({"id": id, "deadline_ms": at}));
+                }
+                idle::Decision::Shutdown => {
+                    self.idle.lock().unwrap().forget(id);
+                    self.idle_shutdowns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.emit("vm.idle_shutdown", Some(vm), serde_json::json!({"id": id}));
+                    let (svc, vm) = (self.clone(), vm.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = svc.stop_inner(&Self::system(), vm, false, "idle").await {
+                            tracing::warn!(vm = %id, error = %e, "idle shutdown failed");
+                        }
+                    });
+                }
+                idle::Decision::Active | idle::Decision::Idle { .. } => {}
+            }
         }
         Ok(())
+    }
+
+    /// Zeroizes expired keys and pending halves; announces projects that locked by TTL.
+    pub fn sweep_keys(&self) {
+        for project in self.keys.sweep(Instant::now()) {
+            let _ = self.events.send(Event {
+                kind: "project.locked",
+                vm: None,
+                project: Some(project.clone()),
+                drive: None,
+                data: serde_json::json!({"project": project, "reason": "ttl"}),
+                at_ms: crate::store::now_ms(),
+            });
+        }
     }
 }

@@ -64,6 +64,10 @@ pub struct State {
     /// Rendered `GET /v1/vms` per principal, tagged with the store generation it reflects.
     vms_cache: Mutex<HashMap<UserName, (u64, Bytes)>>,
     metrics: Mutex<HashMap<(Method, &'static str, u16), u64>>,
+    /// Launch attempts by outcome code (`ok` or the problem code).
+    launches: Mutex<HashMap<&'static str, u64>>,
+    /// Request latency per route.
+    latency: Mutex<HashMap<&'static str, Histogram>>,
 }
 
 impl State {
@@ -75,6 +79,8 @@ impl State {
             users_by_uid: Mutex::new(HashMap::new()),
             vms_cache: Mutex::new(HashMap::new()),
             metrics: Mutex::new(HashMap::new()),
+            launches: Mutex::new(HashMap::new()),
+            latency: Mutex::new(HashMap::new()),
         }
     }
 
@@ -93,6 +99,29 @@ impl State {
             .name;
         self.users_by_uid.lock().unwrap().insert(uid, name.clone());
         Some(name)
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+
+/// A Prometheus histogram: cumulative counts per bucket, sum and count.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
     }
 }
 
@@ -370,8 +399,10 @@ pub async fn handle(
         Ok((route, params)) => (route, dispatch(&st, peer_uid, route, params, req).await),
         Err(e) => ("unmatched", Err(e)),
     };
+    let mut code = "ok";
     let resp = resp.unwrap_or_else(|e| {
-        let (status, code) = super::error::status_and_code(&e);
+        let (status, c) = super::error::status_and_code(&e);
+        code = c;
         if status.is_server_error() {
             tracing::warn!(route, %status, code, error = %e, "request failed");
         } else {
@@ -379,6 +410,15 @@ pub async fn handle(
         }
         problem(&e)
     });
+    if route == "/v1/vms/{id}/start" {
+        *st.launches.lock().unwrap().entry(code).or_default() += 1;
+    }
+    st.latency
+        .lock()
+        .unwrap()
+        .entry(route)
+        .or_default()
+        .observe(started.elapsed().as_secs_f64());
     let key = (method, route, resp.status().as_u16());
     *st.metrics.lock().unwrap().entry(key).or_default() += 1;
     tracing::debug!(
@@ -682,6 +722,28 @@ async fn metrics(st: &State, p: &crate::policy::Principal) -> Result<Response<Ap
             "vmwarden_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"
         ));
     }
+    out.push_str("# HELP vmwarden_launches_total VM launches by outcome code.\n# TYPE vmwarden_launches_total counter\n");
+    let mut launches: Vec<_> = st.launches.lock().unwrap().iter().map(|(c, n)| (*c, *n)).collect();
+    launches.sort();
+    for (code, n) in launches {
+        out.push_str(&format!("vmwarden_launches_total{{code=\"{code}\"}} {n}\n"));
+    }
+    out.push_str("# HELP vmwarden_idle_shutdowns_total VMs shut down for inactivity.\n# TYPE vmwarden_idle_shutdowns_total counter\n");
+    out.push_str(&format!("vmwarden_idle_shutdowns_total {}\n", st.svc.idle_shutdowns()));
+    out.push_str("# HELP vmwarden_http_request_duration_seconds API request latency by route.\n# TYPE vmwarden_http_request_duration_seconds histogram\n");
+    let mut hist: Vec<_> = st.latency.lock().unwrap().iter().map(|(r, h)| (*r, h.clone())).collect();
+    hist.sort_by_key(|(r, _)| *r);
+    for (route, h) in hist {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            out.push_str(&format!(
+                "vmwarden_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}\n",
+                h.counts[i]
+            ));
+        }
+        out.push_str(&format!("vmwarden_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}\n", h.count));
+        out.push_str(&format!("vmwarden_http_request_duration_seconds_sum{{route=\"{route}\"}} {}\n", h.sum));
+        out.push_str(&format!("vmwarden_http_request_duration_seconds_count{{route=\"{route}\"}} {}\n", h.count));
+    }
     let up = st.svc.health().await.status == "ok";
     out.push_str("# HELP vmwarden_libvirt_connected Whether libvirt answers.\n# TYPE vmwarden_libvirt_connected gauge\n");
     out.push_str(&format!("vmwarden_libvirt_connected {}\n", up as u8));
@@ -723,10 +785,23 @@ async fn events(st: &State, p: crate::policy::Principal) -> Result<Response<ApiB
             if !visible(&svc, &p, &ev).await {
                 continue;
             }
+            let mut ev = ev;
+            if let Some(d) = ev.drive {
+                if svc.drive(&p, d).await.is_err() {
+                    ev.drive = None;
+                }
+            }
+            // A reader that lets its buffer fill up is dropped; the last free slot carries
+            // the notice, so it learns why rather than seeing a silent end.
+            if tx.capacity() <= 1 {
+                let _ = tx.try_send(Bytes::from_static(
+                    b"event: stream.dropped\ndata: {\"reason\":\"slow_reader\"}\n\n",
+                ));
+                break;
+            }
             let data = serde_json::to_string(&ev).expect("events serialize");
             let frame = Bytes::from(format!("event: {}\ndata: {data}\n\n", ev.kind));
             if tx.try_send(frame).is_err() {
-                // The client does not read fast enough (or left): drop it, tell it why.
                 break;
             }
         }

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vmwarden::config::Config;
 use vmwarden::hypervisor::libvirt::Libvirt;
 use vmwarden::service::Service;
@@ -49,6 +49,8 @@ async fn run(
         .with_context(|| format!("Cannot create {}", cfg.daemon.state_dir.display()))?;
     let store = Arc::new(store::Store::open(&cfg.db_path()).context("Cannot open the store")?);
     let hv = Arc::new(Libvirt::new(&cfg.libvirt.uri, cfg.libvirt.domain_type));
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    vmwarden::hypervisor::Hypervisor::set_event_sink(&*hv, events_tx);
     let svc = Arc::new(Service::new(cfg.clone(), store, hv));
     let (listener, _lock) = match passed {
         Some(l) => (tokio::net::UnixListener::from_std(l)?, None),
@@ -60,7 +62,17 @@ async fn run(
     tracing::info!(socket = %cfg.daemon.socket.display(), "listening");
     daemon::notify(&[sd_notify::NotifyState::Ready]);
 
-    // Reconcile with libvirt in the background: a dead libvirtd must not delay READY.
+    // libvirt lifecycle events keep VM states current; reconciling at start-up, after each
+    // reconnection (a Reconnected event) and once a minute covers anything an event missed.
+    // None of this delays READY: a dead libvirtd only delays these tasks.
+    let ev = svc.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events_rx.recv().await {
+            if let Err(err) = ev.on_lifecycle(e).await {
+                tracing::debug!(error = %err, "lifecycle event not applied");
+            }
+        }
+    });
     let bg = svc.clone();
     tokio::spawn(async move {
         let mut first = true;
@@ -73,10 +85,30 @@ async fn run(
                 Ok(()) => {}
                 Err(e) => tracing::debug!(error = %e, "reconcile skipped"),
             }
-            bg.keyring().sweep(Instant::now());
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_secs(if first { 2 } else { 60 })).await;
         }
     });
+    let keys = svc.clone();
+    tokio::spawn(async move {
+        loop {
+            keys.sweep_keys();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    if cfg.idle.enabled {
+        let idle = svc.clone();
+        let every = cfg.idle.sample_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = idle.idle_sweep().await {
+                    tracing::debug!(error = %e, "idle sweep skipped");
+                }
+            }
+        });
+    }
     if let Some(every) = daemon::watchdog_interval() {
         tokio::spawn(async move {
             loop {

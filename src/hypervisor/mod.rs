@@ -89,6 +89,71 @@ pub struct DomainInfo {
     pub running: bool,
 }
 
+/// Activity counters of one domain, copied out of one bulk-stats sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainStats {
+    /// libvirt's domain name.
+    pub name: String,
+    /// The VM id when the name is one (vmwarden names domains by VM id).
+    pub vm: Option<VmId>,
+    /// `state.state` is running.
+    pub running: bool,
+    /// `cpu.time`: total CPU time in nanoseconds.
+    pub cpu_time_ns: u64,
+    /// Sum of `block.N.rd.bytes` and `block.N.wr.bytes`.
+    pub block_bytes: u64,
+    /// Sum of `net.N.rx.bytes` and `net.N.tx.bytes`.
+    pub net_bytes: u64,
+}
+
+/// Why a domain stopped, from libvirt's lifecycle event detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest powered itself off.
+    Shutdown,
+    /// Destroyed (by vmwarden or by someone else).
+    Destroyed,
+    /// The guest crashed.
+    Crashed,
+    /// The QEMU process failed or died.
+    Failed,
+    /// Any other detail (migrated, saved, ...).
+    Other,
+}
+
+impl StopReason {
+    /// The reason as vmwarden records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Shutdown => "guest_shutdown",
+            StopReason::Destroyed => "destroyed",
+            StopReason::Crashed => "crashed",
+            StopReason::Failed => "qemu_exited",
+            StopReason::Other => "stopped",
+        }
+    }
+}
+
+/// A domain lifecycle change reported by libvirt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// A domain started.
+    Started {
+        /// libvirt's domain name.
+        name: String,
+    },
+    /// A domain stopped.
+    Stopped {
+        /// libvirt's domain name.
+        name: String,
+        /// Why.
+        reason: StopReason,
+    },
+    /// The connection was (re)established and events re-registered: anything may have
+    /// happened meanwhile, so the receiver should reconcile.
+    Reconnected,
+}
+
 /// What the service needs from a hypervisor. Blocking.
 pub trait Hypervisor: Send + Sync + 'static {
     /// Host-level check: version string of the hypervisor, or `Unavailable`.
@@ -117,4 +182,11 @@ pub trait Hypervisor: Send + Sync + 'static {
     ) -> Result<(), HypervisorError>;
     /// Names of secrets defined by vmwarden that still exist (should always be empty).
     fn our_secrets(&self) -> Result<Vec<String>, HypervisorError>;
+    /// One bulk-stats sample of every domain: a single `virConnectGetAllDomainStats` call.
+    fn stats(&self) -> Result<Vec<DomainStats>, HypervisorError> {
+        Err(HypervisorError::Failed("Bulk stats are not supported here".into()))
+    }
+    /// Where lifecycle events go. The implementation registers for them on every
+    /// (re)connection and sends `Reconnected` after each registration.
+    fn set_event_sink(&self, _sink: tokio::sync::mpsc::UnboundedSender<LifecycleEvent>) {}
 }

@@ -491,3 +491,64 @@ pub fn our_secrets(drives: &[&str]) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A `GET /v1/events` subscription: raw SSE frames parsed into (kind, data).
+pub struct Events {
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    pub raw: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Events {
+    pub async fn open(c: &Client, user: &str) -> Events {
+        let stream = tokio::net::UnixStream::connect(&c.socket).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder().uri("/v1/events").header("host", "x").header("vmwarden-user", user).body(Full::new(Bytes::new())).unwrap();
+        let mut resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let raw = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let raw2 = raw.clone();
+        tokio::spawn(async move {
+            let mut buf = String::new();
+            while let Some(Ok(frame)) = resp.body_mut().frame().await {
+                if let Ok(data) = frame.into_data() {
+                    let text = String::from_utf8_lossy(&data).into_owned();
+                    raw2.lock().unwrap().push_str(&text);
+                    buf.push_str(&text);
+                    while let Some(end) = buf.find("\n\n") {
+                        let block: String = buf.drain(..end + 2).collect();
+                        let mut kind = String::new();
+                        let mut data = String::new();
+                        for line in block.lines() {
+                            if let Some(k) = line.strip_prefix("event: ") {
+                                kind = k.to_owned();
+                            } else if let Some(d) = line.strip_prefix("data: ") {
+                                data = d.to_owned();
+                            }
+                        }
+                        if !kind.is_empty() {
+                            let _ = tx.send((kind, data));
+                        }
+                    }
+                }
+            }
+        });
+        Events { rx, raw }
+    }
+
+    /// Waits for an event of `kind` whose data contains `needle`, up to `within`.
+    pub async fn wait_for(&mut self, kind: &str, needle: &str, within: Duration) -> Option<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.rx.recv()).await.ok()??;
+            if ev.0 == kind && ev.1.contains(needle) {
+                return serde_json::from_str(&ev.1).ok();
+            }
+        }
+    }
+}
+
+pub fn qemu_pid(vm: &str) -> i32 {
+    std::fs::read_to_string(format!("/run/libvirt/qemu/{vm}.pid")).unwrap().trim().parse().unwrap()
+}
