@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test setup build lint bench clean
+.PHONY: run test setup build lint bench clean deb package-test
 
 setup:
 	bash scripts/setup-host.sh
@@ -18,9 +18,20 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Unit, table and property tests, then the real-socket, real-libvirt, real-QEMU tests.
+# Unit, table and property tests, then the real-socket, real-libvirt, real-QEMU tests, then
+# the package: build, lintian, install, run as user vmwarden, remove, purge.
 test: setup lint
 	$(CARGO) test
+	$(MAKE) package-test
+
+# target/debian/vmwarden_<version>-1_<arch>.deb (cargo-deb; installs it when missing).
+deb:
+	CARGO=$(CARGO) bash packaging/build-deb.sh
+
+# Builds and checks the .deb on this machine (as root): lintian, systemd-analyze verify and
+# security, dpkg -i, the daemon as user vmwarden on the packaged socket, dpkg -r, dpkg -P.
+package-test: setup
+	CARGO=$(CARGO) bash scripts/package-test.sh
 
 bench: setup
 	$(CARGO) bench --bench api

@@ -11,7 +11,7 @@ need_install=0
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_install=1
 done
-for t in sqlite3 python3 socat; do command -v "$t" >/dev/null || need_install=1; done
+for t in sqlite3 python3 socat tini setpriv; do command -v "$t" >/dev/null || need_install=1; done
 
 if [ "$need_install" = 1 ]; then
   if [ -f "$sources" ] && ! grep -q 'bookworm-backports' "$sources"; then
@@ -21,12 +21,17 @@ if [ "$need_install" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q -t bookworm-backports --no-install-recommends "${pkgs[@]}"
-  apt-get install -y -q --no-install-recommends sqlite3 socat python3
+  apt-get install -y -q --no-install-recommends sqlite3 socat python3 tini util-linux
 fi
 
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   pgrep -x virtlogd >/dev/null || virtlogd -d
-  pgrep -x libvirtd >/dev/null || libvirtd -d
+  # libvirt reports a dead QEMU only once the process is reaped. QEMU daemonizes, so its
+  # parent is the nearest subreaper or PID 1. Without systemd as PID 1 (containers), init may
+  # reap late and delay lifecycle events by seconds; tini -s reaps libvirtd's orphans at once.
+  if ! pgrep -x libvirtd >/dev/null; then
+    setsid tini -s -- libvirtd </dev/null >/dev/null 2>&1 &
+  fi
   for _ in $(seq 1 50); do
     virsh -c qemu:///system version >/dev/null 2>&1 && break
     sleep 0.2

@@ -317,7 +317,11 @@ impl Config {
             return Err(fail("idle", "cpu_percent", "Must be a percentage".into()));
         }
         if i.io_kib_per_sec.is_nan() || i.io_kib_per_sec < 0.0 {
-            return Err(fail("idle", "io_kib_per_sec", "Must be zero or more".into()));
+            return Err(fail(
+                "idle",
+                "io_kib_per_sec",
+                "Must be zero or more".into(),
+            ));
         }
         if i.after > i.max_after {
             return Err(fail(

@@ -108,7 +108,8 @@ impl Track {
         if dt <= 0.0 {
             return self.decide(s.at, p);
         }
-        let cpu_percent = s.cpu_time_ns.saturating_sub(prev.cpu_time_ns) as f64 / (dt * 1e9) * 100.0;
+        let cpu_percent =
+            s.cpu_time_ns.saturating_sub(prev.cpu_time_ns) as f64 / (dt * 1e9) * 100.0;
         let io = s.io_bytes.saturating_sub(prev.io_bytes) as f64 / dt;
         if cpu_percent >= p.cpu_percent || io >= p.io_bytes_per_sec {
             self.idle_since = None;
@@ -149,7 +150,10 @@ impl Tracker {
     }
 
     /// One sweep: a sample per running VM (with its policy) in, a decision per VM out.
-    pub fn sweep(&mut self, samples: impl IntoIterator<Item = (VmId, Sample, Effective)>) -> Vec<(VmId, Decision)> {
+    pub fn sweep(
+        &mut self,
+        samples: impl IntoIterator<Item = (VmId, Sample, Effective)>,
+    ) -> Vec<(VmId, Decision)> {
         let mut seen = Vec::new();
         let mut out = Vec::new();
         for (id, s, p) in samples {
@@ -204,10 +208,19 @@ mod tests {
     /// and the decision expected after the last step ("A" active, "I" idle, "W" warn, "S").
     #[tokio::test(start_paused = true)]
     async fn idle_decisions_table() {
-        let rows: Vec<(&str, Vec<(Act, bool)>, Vec<&str>)> = vec![
+        type Row = (&'static str, Vec<(Act, bool)>, Vec<&'static str>);
+        let rows: Vec<Row> = vec![
             ("first sample only records", vec![(IDLE, false)], vec!["A"]),
-            ("busy CPU stays active", vec![(BUSY_CPU, false); 12], vec!["A"; 12]),
-            ("busy I/O stays active", vec![(BUSY_IO, false); 12], vec!["A"; 12]),
+            (
+                "busy CPU stays active",
+                vec![(BUSY_CPU, false); 12],
+                vec!["A"; 12],
+            ),
+            (
+                "busy I/O stays active",
+                vec![(BUSY_IO, false); 12],
+                vec!["A"; 12],
+            ),
             (
                 "idle 10 min: warn at 8, shut down at 10",
                 vec![(IDLE, false); 11],
@@ -215,12 +228,22 @@ mod tests {
             ),
             (
                 "activity restarts the clock",
-                [vec![(IDLE, false); 8], vec![(BUSY_CPU, false)], vec![(IDLE, false); 3]].concat(),
+                [
+                    vec![(IDLE, false); 8],
+                    vec![(BUSY_CPU, false)],
+                    vec![(IDLE, false); 3],
+                ]
+                .concat(),
                 vec!["A", "I", "I", "I", "I", "I", "I", "I", "A", "I", "I", "I"],
             ),
             (
                 "keepalive during the warning buys a full period",
-                [vec![(IDLE, false); 9], vec![(IDLE, true)], vec![(IDLE, false); 10]].concat(),
+                [
+                    vec![(IDLE, false); 9],
+                    vec![(IDLE, true)],
+                    vec![(IDLE, false); 10],
+                ]
+                .concat(),
                 [
                     vec!["A", "I", "I", "I", "I", "I", "I", "I", "W", "I"],
                     vec!["I", "I", "I", "I", "I", "I", "I", "W", "I", "S"],
@@ -243,7 +266,14 @@ mod tests {
                 if *keepalive {
                     track.keepalive(Instant::now());
                 }
-                let d = track.observe(Sample { at: Instant::now(), cpu_time_ns: cpu, io_bytes: io }, &p);
+                let d = track.observe(
+                    Sample {
+                        at: Instant::now(),
+                        cpu_time_ns: cpu,
+                        io_bytes: io,
+                    },
+                    &p,
+                );
                 got.push(match d {
                     Decision::Active => "A",
                     Decision::Idle { .. } => "I",
@@ -263,18 +293,43 @@ mod tests {
         let t0 = Instant::now();
         let mut last = Decision::Active;
         for _ in 0..9 {
-            last = t.observe(Sample { at: Instant::now(), cpu_time_ns: 0, io_bytes: 0 }, &p);
+            last = t.observe(
+                Sample {
+                    at: Instant::now(),
+                    cpu_time_ns: 0,
+                    io_bytes: 0,
+                },
+                &p,
+            );
             tokio::time::advance(Duration::from_secs(60)).await;
         }
-        assert_eq!(last, Decision::Warn { deadline: t0 + Duration::from_secs(600) });
+        assert_eq!(
+            last,
+            Decision::Warn {
+                deadline: t0 + Duration::from_secs(600)
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn disabled_policy_never_shuts_down() {
         let mut t = Track::default();
-        let p = Effective { enabled: false, ..policy() };
+        let p = Effective {
+            enabled: false,
+            ..policy()
+        };
         for _ in 0..30 {
-            assert_eq!(t.observe(Sample { at: Instant::now(), cpu_time_ns: 0, io_bytes: 0 }, &p), Decision::Active);
+            assert_eq!(
+                t.observe(
+                    Sample {
+                        at: Instant::now(),
+                        cpu_time_ns: 0,
+                        io_bytes: 0
+                    },
+                    &p
+                ),
+                Decision::Active
+            );
             tokio::time::advance(Duration::from_secs(60)).await;
         }
     }
@@ -282,10 +337,20 @@ mod tests {
     #[test]
     fn effective_policy_combines_host_and_vm() {
         let host = IdleConfig::default();
-        let vm = IdlePolicy { enabled: None, after: Some(Duration::from_secs(60)), cpu_percent: Some(1.0) };
+        let vm = IdlePolicy {
+            enabled: None,
+            after: Some(Duration::from_secs(60)),
+            cpu_percent: Some(1.0),
+        };
         let e = Effective::of(&host, &vm);
-        assert_eq!((e.enabled, e.after, e.cpu_percent), (true, Duration::from_secs(60), 1.0));
-        let off = IdleConfig { enabled: false, ..IdleConfig::default() };
+        assert_eq!(
+            (e.enabled, e.after, e.cpu_percent),
+            (true, Duration::from_secs(60), 1.0)
+        );
+        let off = IdleConfig {
+            enabled: false,
+            ..IdleConfig::default()
+        };
         assert!(!Effective::of(&off, &IdlePolicy::default()).enabled);
     }
 
@@ -293,7 +358,11 @@ mod tests {
     async fn tracker_forgets_vms_that_stopped() {
         let mut tr = Tracker::new();
         let (a, b) = (VmId::new_random(), VmId::new_random());
-        let s = Sample { at: Instant::now(), cpu_time_ns: 0, io_bytes: 0 };
+        let s = Sample {
+            at: Instant::now(),
+            cpu_time_ns: 0,
+            io_bytes: 0,
+        };
         tr.sweep([(a, s, policy()), (b, s, policy())]);
         tr.keepalive(a, Instant::now());
         assert!(tr.status(a, &policy()).is_some());

@@ -15,12 +15,15 @@
 //! - `idle`: the idle decision over activity samples and the per-VM tracker.
 //! - `config`: TOML config with defaults and located errors.
 //! - `daemon`: process set-up shared by `vmwardend` (hardening, notify, logging).
+//! - `cli`: the clap definitions of `vmwarden` and `vmwardend`, shared with the man page and
+//!   completion generator (`examples/gen_assets.rs`).
 
 #![deny(missing_debug_implementations)]
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod hypervisor;

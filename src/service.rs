@@ -355,6 +355,13 @@ impl std::fmt::Debug for Service {
     }
 }
 
+/// Creates `dir` if needed and gives it exactly `mode`.
+fn ensure_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -935,7 +942,9 @@ impl Service {
         let path = self.drive_path(id);
         let p2 = path.clone();
         blocking(move || {
-            std::fs::create_dir_all(p2.parent().expect("drives dir"))
+            // QEMU opens images as libvirt-qemu: the directory must be traversable (not
+            // listable) by others, whatever the daemon's umask (systemd gives it 0077).
+            ensure_dir(p2.parent().expect("drives dir"), 0o711)
                 .map_err(|e| HypervisorError::Image(e.to_string()))?;
             image::create_luks_qcow2(&p2, size_mib, &passphrase)
         })
@@ -1596,7 +1605,8 @@ impl Service {
             serial_log: logs.join(format!("{id}.serial.log")),
         };
         self.hv(move |h| {
-            std::fs::create_dir_all(&logs).map_err(|e| HypervisorError::Failed(e.to_string()))?;
+            // libvirt opens serial logs itself, as root: private to the daemon.
+            ensure_dir(&logs, 0o700).map_err(|e| HypervisorError::Failed(e.to_string()))?;
             h.launch(&spec)
         })
         .await?;
@@ -1709,7 +1719,10 @@ impl Service {
     /// Restarts the idle clock (idle shutdown itself is the `idle` module's).
     pub async fn keepalive(&self, p: &Principal, id: VmId) -> Result<VmView> {
         let vm = self.vm_checked(p, id, VmAction::Keepalive).await?;
-        self.idle.lock().unwrap().keepalive(id, tokio::time::Instant::now());
+        self.idle
+            .lock()
+            .unwrap()
+            .keepalive(id, tokio::time::Instant::now());
         let actor = p.clone();
         self.db(move |s| {
             s.audit_outcome(
@@ -1755,7 +1768,12 @@ impl Service {
             s.attach(&a, id, drive)
         })
         .await?;
-        self.emit_drive("drive.attached", Some(&vm), Some(drive), serde_json::json!({"id": id}));
+        self.emit_drive(
+            "drive.attached",
+            Some(&vm),
+            Some(drive),
+            serde_json::json!({"id": id}),
+        );
         let vm = self.vm_checked(p, id, VmAction::View).await?;
         Ok(Changed {
             change: Change::Created,
@@ -1788,7 +1806,12 @@ impl Service {
             )
         })
         .await?;
-        self.emit_drive("drive.detached", Some(&vm), Some(drive), serde_json::json!({"id": id}));
+        self.emit_drive(
+            "drive.detached",
+            Some(&vm),
+            Some(drive),
+            serde_json::json!({"id": id}),
+        );
         let vm = self.vm_checked(p, id, VmAction::View).await?;
         Ok(Changed {
             change: Change::Removed,
@@ -1909,7 +1932,11 @@ impl Service {
             return Ok(());
         };
         let is = self.hv(move |h| h.is_running(id)).await?;
-        let state = if is { VmState::Running } else { VmState::Stopped };
+        let state = if is {
+            VmState::Running
+        } else {
+            VmState::Stopped
+        };
         if vm.state == state {
             return Ok(());
         }
@@ -1957,7 +1984,8 @@ impl Service {
 
     /// Idle shutdowns since start.
     pub fn idle_shutdowns(&self) -> u64 {
-        self.idle_shutdowns.load(std::sync::atomic::Ordering::Relaxed)
+        self.idle_shutdowns
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One idle sweep: one bulk-stats call for every domain, one decision per running VM.
@@ -1990,12 +2018,18 @@ impl Service {
             let vm = &vms[&id];
             match d {
                 idle::Decision::Warn { deadline } => {
-                    let at = crate::store::now_ms() + deadline.saturating_duration_since(now).as_millis() as i64;
-                    self.emit("vm.idle_warning", Some(vm), serde_json::json!({"id": id, "deadline_ms": at}));
+                    let at = crate::store::now_ms()
+                        + deadline.saturating_duration_since(now).as_millis() as i64;
+                    self.emit(
+                        "vm.idle_warning",
+                        Some(vm),
+                        serde_json::json!({"id": id, "deadline_ms": at}),
+                    );
                 }
                 idle::Decision::Shutdown => {
                     self.idle.lock().unwrap().forget(id);
-                    self.idle_shutdowns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.idle_shutdowns
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.emit("vm.idle_shutdown", Some(vm), serde_json::json!({"id": id}));
                     let (svc, vm) = (self.clone(), vm.clone());
                     tokio::spawn(async move {

@@ -499,6 +499,9 @@ fn oversized_malformed_unknown_fields_and_hostile_names() {
         // Out-of-range sizes.
         let r = c.req("POST", "/v1/vms", Some("alice"), Some(json!({"name": "big", "project": "genomics", "vcpus": 1000, "memory_mib": 32}))).await;
         assert_eq!((r.status, r.code()), (400, "invalid_request"));
+        // A taken name is a conflict, not a server error.
+        let r = c.req("POST", "/v1/vms", Some("alice"), Some(json!({"name": "web", "project": "genomics", "vcpus": 1, "memory_mib": 32}))).await;
+        assert_eq!((r.status, r.code()), (409, "already_exists"), "{r:?}");
         // Nothing of the above created anything.
         let r = c.get("/v1/vms", "alice").await;
         assert_eq!(r.body.as_array().unwrap().len(), 1);

@@ -29,40 +29,88 @@ async fn setup(d: &Daemon, sectors: &[(&str, bool)]) -> (Client, Vec<String>) {
 #[test]
 fn halting_vm_is_warned_kept_alive_then_shut_down_while_spinning_vm_runs() {
     rt().block_on(async {
-        let d = Daemon::start(Opts { idle: IDLE.into(), ..Default::default() });
+        let d = Daemon::start(Opts {
+            idle: IDLE.into(),
+            ..Default::default()
+        });
         let (c, vms) = setup(&d, &[("HALT", false), ("SPIN", true)]).await;
         let (halt, spin) = (&vms[0], &vms[1]);
         let mut ev = Events::open(&c, "alice").await;
         for vm in &vms {
-            assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await.status, 200);
+            assert_eq!(
+                c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+                    .await
+                    .status,
+                200
+            );
         }
         // The halting VM is warned with a deadline.
-        let w = ev.wait_for("vm.idle_warning", halt, Duration::from_secs(30)).await.expect("no idle warning");
+        let w = ev
+            .wait_for("vm.idle_warning", &[halt], Duration::from_secs(30))
+            .await
+            .expect("no idle warning");
         let deadline = w["data"]["deadline_ms"].as_i64().unwrap();
         let status = c.get(&format!("/v1/vms/{halt}"), "alice").await;
-        assert!(status.body["idle_status"]["shutdown_at_ms"].as_i64().is_some(), "{status:?}");
+        assert!(
+            status.body["idle_status"]["shutdown_at_ms"]
+                .as_i64()
+                .is_some(),
+            "{status:?}"
+        );
         // A keepalive during the warning buys another full period.
-        assert_eq!(c.req("POST", &format!("/v1/vms/{halt}/keepalive"), Some("alice"), None).await.status, 200);
+        assert_eq!(
+            c.req(
+                "POST",
+                &format!("/v1/vms/{halt}/keepalive"),
+                Some("alice"),
+                None
+            )
+            .await
+            .status,
+            200
+        );
         let after_keepalive = c.get(&format!("/v1/vms/{halt}"), "alice").await;
-        let new_deadline = after_keepalive.body["idle_status"]["shutdown_at_ms"].as_i64().unwrap();
-        assert!(new_deadline > deadline, "keepalive did not move the deadline");
+        let new_deadline = after_keepalive.body["idle_status"]["shutdown_at_ms"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            new_deadline > deadline,
+            "keepalive did not move the deadline"
+        );
         let wait_past_old = (deadline - vmwarden::store::now_ms() + 1500).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait_past_old)).await;
         assert!(domain_running(halt), "shut down despite the keepalive");
         // Then it is shut down for real, with reason idle.
-        ev.wait_for("vm.idle_shutdown", halt, Duration::from_secs(30)).await.expect("no idle shutdown");
-        let st = ev.wait_for("vm.state", halt, Duration::from_secs(15)).await.expect("no stopped state");
+        ev.wait_for("vm.idle_shutdown", &[halt], Duration::from_secs(30))
+            .await
+            .expect("no idle shutdown");
+        let st = ev
+            .wait_for("vm.state", &[halt, "\"stopped\""], Duration::from_secs(15))
+            .await
+            .expect("no stopped state");
         assert_eq!(st["data"]["state"], "stopped");
         let r = c.get(&format!("/v1/vms/{halt}"), "alice").await;
-        assert_eq!((r.body["state"].as_str(), r.body["state_reason"].as_str()), (Some("stopped"), Some("idle")));
+        assert_eq!(
+            (r.body["state"].as_str(), r.body["state_reason"].as_str()),
+            (Some("stopped"), Some("idle"))
+        );
         assert!(!domain_running(halt));
         let audit = c.get(&format!("/v1/audit?vm={halt}"), "root").await;
-        assert!(audit.body.as_array().unwrap().iter().any(|e| e["action"] == "vm.idle_shutdown"), "{audit:?}");
+        assert!(
+            audit
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == "vm.idle_shutdown"),
+            "{audit:?}"
+        );
         // The spinning VM never got a warning and still runs.
         assert!(domain_running(spin));
         let raw = ev.raw.lock().unwrap().clone();
         assert!(
-            !raw.split("\n\n").any(|b| b.contains("vm.idle_") && b.contains(spin.as_str())),
+            !raw.split("\n\n")
+                .any(|b| b.contains("vm.idle_") && b.contains(spin.as_str())),
             "the spinning VM was treated as idle: {raw}"
         );
         let m = c.get("/metrics", "root").await;
@@ -78,17 +126,38 @@ fn killed_qemu_shows_stopped_within_two_seconds() {
         let (c, vms) = setup(&d, &[("KILL", false)]).await;
         let vm = &vms[0];
         let mut ev = Events::open(&c, "alice").await;
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await.status, 200);
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
         let pid = qemu_pid(vm);
         let killed = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-        let st = ev.wait_for("vm.state", vm, Duration::from_secs(2)).await.expect("no vm.state within 2 s of the kill");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let st = ev
+            .wait_for("vm.state", &[vm, "\"stopped\""], Duration::from_secs(2))
+            .await
+            .expect("no vm.state within 2 s of the kill");
         assert_eq!(st["data"]["state"], "stopped");
         let reason = st["data"]["reason"].as_str().unwrap().to_owned();
-        assert!(["qemu_exited", "crashed", "destroyed"].contains(&reason.as_str()), "{reason}");
-        eprintln!("stopped event {:?} after the kill, reason {reason}", killed.elapsed());
+        assert!(
+            ["qemu_exited", "crashed", "destroyed"].contains(&reason.as_str()),
+            "{reason}"
+        );
+        eprintln!(
+            "stopped event {:?} after the kill, reason {reason}",
+            killed.elapsed()
+        );
         let r = c.get(&format!("/v1/vms/{vm}"), "alice").await;
-        assert_eq!((r.body["state"].as_str(), r.body["state_reason"].as_str()), (Some("stopped"), Some(reason.as_str())));
+        assert_eq!(
+            (r.body["state"].as_str(), r.body["state_reason"].as_str()),
+            (Some("stopped"), Some(reason.as_str()))
+        );
     });
 }
 
@@ -102,22 +171,74 @@ fn event_stream_is_filtered_per_caller() {
         let mut owner = Events::open(&c, "alice").await;
         let user = Events::open(&c, "bob").await;
         let outsider = Events::open(&c, "carol").await;
-        let r = c.req("PUT", &format!("/v1/vms/{vm}/members/bob"), Some("alice"), Some(json!({"role": "user"}))).await;
+        let r = c
+            .req(
+                "PUT",
+                &format!("/v1/vms/{vm}/members/bob"),
+                Some("alice"),
+                Some(json!({"role": "user"})),
+            )
+            .await;
         assert_eq!(r.status, 200);
         let extra = drive(&c, "alice", "genomics", "extra").await;
-        assert_eq!(c.req("PUT", &format!("/v1/vms/{vm}/drives/{extra}"), Some("alice"), None).await.status, 200);
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("bob"), None).await.status, 200);
-        assert_eq!(c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("bob"), Some(json!({"force": true}))).await.status, 200);
-        assert_eq!(c.req("DELETE", &format!("/v1/vms/{vm}/drives/{extra}"), Some("alice"), None).await.status, 200);
+        assert_eq!(
+            c.req(
+                "PUT",
+                &format!("/v1/vms/{vm}/drives/{extra}"),
+                Some("alice"),
+                None
+            )
+            .await
+            .status,
+            200
+        );
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("bob"), None)
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            c.req(
+                "POST",
+                &format!("/v1/vms/{vm}/stop"),
+                Some("bob"),
+                Some(json!({"force": true}))
+            )
+            .await
+            .status,
+            200
+        );
+        assert_eq!(
+            c.req(
+                "DELETE",
+                &format!("/v1/vms/{vm}/drives/{extra}"),
+                Some("alice"),
+                None
+            )
+            .await
+            .status,
+            200
+        );
         // The owner sees the drive events with the drive; wait for the last one.
-        let det = owner.wait_for("drive.detached", vm, Duration::from_secs(5)).await.expect("owner missed drive.detached");
+        let det = owner
+            .wait_for("drive.detached", &[vm], Duration::from_secs(5))
+            .await
+            .expect("owner missed drive.detached");
         assert_eq!(det["drive"], extra.as_str());
         tokio::time::sleep(Duration::from_millis(300)).await;
         let u = user.raw.lock().unwrap().clone();
-        assert!(u.contains("vm.shared") && u.contains("vm.state") && u.contains("drive.detached"), "{u}");
+        assert!(
+            u.contains("vm.shared") && u.contains("vm.state") && u.contains("drive.detached"),
+            "{u}"
+        );
         assert!(!u.contains(&extra), "user stream leaks a drive id: {u}");
         for id in d.state().join("drives").read_dir().unwrap() {
-            let name = id.unwrap().file_name().to_string_lossy().replace(".qcow2", "");
+            let name = id
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .replace(".qcow2", "");
             assert!(!u.contains(&name), "user stream leaks drive {name}");
         }
         let o = outsider.raw.lock().unwrap().clone();

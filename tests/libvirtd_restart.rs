@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,11 +18,14 @@ fn libvirtd_running() -> bool {
 
 fn start_libvirtd() {
     if !libvirtd_running() {
-        assert!(Command::new("libvirtd")
-            .arg("-d")
-            .status()
-            .unwrap()
-            .success());
+        // As scripts/setup-host.sh does: under a subreaper, so dead QEMUs are reaped at once.
+        Command::new("setsid")
+            .args(["tini", "-s", "--", "libvirtd"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -124,12 +126,17 @@ fn dead_libvirtd_gives_503_then_recovers_without_restart() {
             "BACK",
             Duration::from_secs(20)
         ));
-        c.req(
-            "POST",
-            &format!("/v1/vms/{vm}/stop"),
-            Some("alice"),
-            Some(json!({"force": true})),
+        // Lifecycle events were registered again on the new connection: a QEMU killed now
+        // still shows as stopped without any request touching the VM.
+        let mut ev = Events::open(&c, "alice").await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(qemu_pid(&vm)),
+            nix::sys::signal::Signal::SIGKILL,
         )
-        .await;
+        .unwrap();
+        let st = ev
+            .wait_for("vm.state", &[&vm, "\"stopped\""], Duration::from_secs(10))
+            .await;
+        assert!(st.is_some(), "no stopped event after libvirtd came back");
     });
 }

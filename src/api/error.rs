@@ -110,6 +110,9 @@ pub fn status_and_code(e: &ApiError) -> (StatusCode, &'static str) {
                 HypervisorError::Failed(_) => (S::BAD_GATEWAY, "hypervisor_error"),
                 HypervisorError::Image(_) => (S::INTERNAL_SERVER_ERROR, "image_error"),
             },
+            ServiceError::Store(crate::store::StoreError::Exists(_)) => {
+                (S::CONFLICT, "already_exists")
+            }
             ServiceError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store_error"),
             ServiceError::Task => (S::INTERNAL_SERVER_ERROR, "internal"),
         },
@@ -265,6 +268,13 @@ mod tests {
                 "hypervisor_error",
             ),
             (hv(HypervisorError::Image("x".into())), 500, "image_error"),
+            (
+                svc(ServiceError::Store(crate::store::StoreError::Exists(
+                    "x".into(),
+                ))),
+                409,
+                "already_exists",
+            ),
             (
                 svc(ServiceError::Store(crate::store::StoreError::NotFound)),
                 500,

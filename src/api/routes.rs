@@ -723,15 +723,30 @@ async fn metrics(st: &State, p: &crate::policy::Principal) -> Result<Response<Ap
         ));
     }
     out.push_str("# HELP vmwarden_launches_total VM launches by outcome code.\n# TYPE vmwarden_launches_total counter\n");
-    let mut launches: Vec<_> = st.launches.lock().unwrap().iter().map(|(c, n)| (*c, *n)).collect();
+    let mut launches: Vec<_> = st
+        .launches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, n)| (*c, *n))
+        .collect();
     launches.sort();
     for (code, n) in launches {
         out.push_str(&format!("vmwarden_launches_total{{code=\"{code}\"}} {n}\n"));
     }
     out.push_str("# HELP vmwarden_idle_shutdowns_total VMs shut down for inactivity.\n# TYPE vmwarden_idle_shutdowns_total counter\n");
-    out.push_str(&format!("vmwarden_idle_shutdowns_total {}\n", st.svc.idle_shutdowns()));
+    out.push_str(&format!(
+        "vmwarden_idle_shutdowns_total {}\n",
+        st.svc.idle_shutdowns()
+    ));
     out.push_str("# HELP vmwarden_http_request_duration_seconds API request latency by route.\n# TYPE vmwarden_http_request_duration_seconds histogram\n");
-    let mut hist: Vec<_> = st.latency.lock().unwrap().iter().map(|(r, h)| (*r, h.clone())).collect();
+    let mut hist: Vec<_> = st
+        .latency
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(r, h)| (*r, h.clone()))
+        .collect();
     hist.sort_by_key(|(r, _)| *r);
     for (route, h) in hist {
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -740,9 +755,18 @@ async fn metrics(st: &State, p: &crate::policy::Principal) -> Result<Response<Ap
                 h.counts[i]
             ));
         }
-        out.push_str(&format!("vmwarden_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}\n", h.count));
-        out.push_str(&format!("vmwarden_http_request_duration_seconds_sum{{route=\"{route}\"}} {}\n", h.sum));
-        out.push_str(&format!("vmwarden_http_request_duration_seconds_count{{route=\"{route}\"}} {}\n", h.count));
+        out.push_str(&format!(
+            "vmwarden_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}\n",
+            h.count
+        ));
+        out.push_str(&format!(
+            "vmwarden_http_request_duration_seconds_sum{{route=\"{route}\"}} {}\n",
+            h.sum
+        ));
+        out.push_str(&format!(
+            "vmwarden_http_request_duration_seconds_count{{route=\"{route}\"}} {}\n",
+            h.count
+        ));
     }
     let up = st.svc.health().await.status == "ok";
     out.push_str("# HELP vmwarden_libvirt_connected Whether libvirt answers.\n# TYPE vmwarden_libvirt_connected gauge\n");

@@ -3,25 +3,13 @@
 
 use anyhow::Context;
 use clap::Parser;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use vmwarden::cli::daemon_args::Args;
 use vmwarden::config::Config;
 use vmwarden::hypervisor::libvirt::Libvirt;
 use vmwarden::service::Service;
 use vmwarden::{api, daemon, store};
-
-/// vmwarden daemon: enforces VM sharing rules over libvirt.
-#[derive(Parser, Debug)]
-#[command(name = "vmwardend", version, about)]
-struct Args {
-    /// Configuration file.
-    #[arg(long, default_value = "/etc/vmwarden/config.toml")]
-    config: PathBuf,
-    /// Only validate the configuration file and exit.
-    #[arg(long, value_name = "PATH")]
-    check_config: Option<PathBuf>,
-}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -31,36 +19,57 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     daemon::harden().context("Cannot harden the process")?;
-    // The environment is read (LISTEN_FDS) and cleared before any thread starts.
+    // The systemd environment (LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*) is read and cleared
+    // before any thread starts, so children such as qemu-img inherit none of it.
     let passed = daemon::socket_from_systemd();
-    daemon::init_logging();
+    let notifier = daemon::Notifier::from_env();
+    let target = daemon::init_logging();
+    tracing::debug!(?target, notify = notifier.enabled(), "logging initialised");
+    let passed = passed.map_err(anyhow::Error::msg)?;
     let cfg = Arc::new(Config::load(&args.config)?);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(cfg, passed))
+        .block_on(run(cfg, passed, Arc::new(notifier)))
 }
 
 async fn run(
     cfg: Arc<Config>,
     passed: Option<std::os::unix::net::UnixListener>,
+    notifier: Arc<daemon::Notifier>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.daemon.state_dir)
-        .with_context(|| format!("Cannot create {}", cfg.daemon.state_dir.display()))?;
+    let state_dir = &cfg.daemon.state_dir;
+    if !state_dir.exists() {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("Cannot create {}", state_dir.display()))?;
+        // QEMU runs as libvirt-qemu and must traverse the state directory to reach drives/;
+        // nothing else in it is readable by others. (systemd's StateDirectoryMode=0711 does
+        // the same for the packaged unit.)
+        std::fs::set_permissions(
+            state_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .with_context(|| format!("Cannot set the mode of {}", state_dir.display()))?;
+    }
     let store = Arc::new(store::Store::open(&cfg.db_path()).context("Cannot open the store")?);
     let hv = Arc::new(Libvirt::new(&cfg.libvirt.uri, cfg.libvirt.domain_type));
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     vmwarden::hypervisor::Hypervisor::set_event_sink(&*hv, events_tx);
     let svc = Arc::new(Service::new(cfg.clone(), store, hv));
-    let (listener, _lock) = match passed {
-        Some(l) => (tokio::net::UnixListener::from_std(l)?, None),
+    let (listener, _lock, socket) = match passed {
+        Some(l) => {
+            let path = daemon::socket_path(&l);
+            (tokio::net::UnixListener::from_std(l)?, None, path)
+        }
         None => {
             let (l, lock) = api::bind(&cfg)?;
-            (l, Some(lock))
+            (l, Some(lock), cfg.daemon.socket.display().to_string())
         }
     };
-    tracing::info!(socket = %cfg.daemon.socket.display(), "listening");
-    daemon::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(socket = %socket, activated = _lock.is_none(), "listening");
+    // The store is open and the socket listens (connections queue in its backlog until
+    // `serve` accepts them): from here on a request is answered.
+    notifier.ready(&format!("listening on {socket}"));
 
     // libvirt lifecycle events keep VM states current; reconciling at start-up, after each
     // reconnection (a Reconnected event) and once a minute covers anything an event missed.
@@ -109,10 +118,11 @@ async fn run(
             }
         });
     }
-    if let Some(every) = daemon::watchdog_interval() {
+    if let Some(every) = notifier.watchdog_interval() {
+        let wd = notifier.clone();
         tokio::spawn(async move {
             loop {
-                daemon::notify(&[sd_notify::NotifyState::Watchdog]);
+                wd.watchdog();
                 tokio::time::sleep(every).await;
             }
         });
@@ -125,7 +135,7 @@ async fn run(
             _ = tokio::signal::ctrl_c() => {},
         }
         tracing::info!("shutting down");
-        daemon::notify(&[sd_notify::NotifyState::Stopping]);
+        notifier.stopping();
     };
     api::serve(listener, svc, shutdown).await;
     // Only the daemon that bound the socket removes it; a socket systemd passed in stays

@@ -2,16 +2,24 @@
 //!
 //! One connection, opened lazily and shared by every call; libvirt connections are
 //! thread-safe, so calls run concurrently on clones of it. A process-wide event loop thread
-//! drives keepalive, so a dead or wedged libvirtd is noticed and the connection dropped; the
-//! next call reconnects. LUKS passphrases live in libvirt only as ephemeral, private secrets
-//! around the one call that needs them (DESIGN 1, "Project keys").
+//! drives keepalive and domain events, so a dead or wedged libvirtd is noticed and the
+//! connection dropped; the next call reconnects. Once an event sink is set, a keeper thread
+//! reconnects within a second of libvirtd coming back, without waiting for a call, and every
+//! new connection registers for lifecycle events before anyone uses it. Bulk stats are one
+//! `virConnectGetAllDomainStats` call, copied out and freed at once. LUKS passphrases live
+//! in libvirt only as ephemeral, private secrets around the one call that needs them
+//! (DESIGN 1, "Project keys").
 
-use super::{xml, DiskSpec, DomainInfo, DomainSpec, DomainType, Hypervisor, HypervisorError};
+use super::{
+    xml, DiskSpec, DomainInfo, DomainSpec, DomainStats, DomainType, Hypervisor, HypervisorError,
+    LifecycleEvent, StopReason,
+};
 use crate::model::{DriveId, VmId};
-use std::ffi::CString;
+use std::ffi::{c_int, c_uint, c_void, CStr, CString};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Mutex, MutexGuard, Once, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
 use uuid::Uuid;
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
@@ -33,6 +41,17 @@ const DETACH_POLL: Duration = Duration::from_millis(100);
 
 /// Longest libvirt message kept in an error (QEMU's stderr can be long).
 const MAX_MESSAGE: usize = 400;
+
+/// How often the keeper looks at the connection once an event sink is set. `is_alive` is a
+/// local check, so a healthy connection costs nothing; a lost one is reopened (and events
+/// re-registered) within this interval of libvirtd answering again.
+const KEEPER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The bulk-stats groups idle detection reads (DESIGN 1, "Idle shutdown").
+const STATS_GROUPS: c_uint = sys::VIR_DOMAIN_STATS_STATE
+    | sys::VIR_DOMAIN_STATS_CPU_TOTAL
+    | sys::VIR_DOMAIN_STATS_BLOCK
+    | sys::VIR_DOMAIN_STATS_INTERFACE;
 
 static EVENT_LOOP: Once = Once::new();
 static EVENT_LOOP_OK: OnceLock<bool> = OnceLock::new();
@@ -173,19 +192,72 @@ impl Drop for SecretGuard {
 
 /// [`Hypervisor`] over a libvirt connection.
 pub struct Libvirt {
-    uri: String,
+    /// `[libvirt] domain_type` as configured.
     configured: DomainType,
+    /// `auto` resolved on first use.
     resolved: OnceLock<DomainType>,
-    conn: Mutex<Option<Connect>>,
+    /// The connection and its upkeep, shared with the keeper thread.
+    link: Arc<Link>,
+}
+
+/// The shared connection, how it is (re)opened, and where its lifecycle events go.
+struct Link {
+    /// Connection URI, e.g. `qemu:///system`.
+    uri: String,
+    /// The open connection, if any, with its event registration.
+    conn: Mutex<Option<Session>>,
     /// An open still running in its own thread after a caller gave up waiting for it; the
-    /// next caller takes its result instead of starting another.
+    /// next caller takes its result instead of starting another. Held while a connection
+    /// is opened or its events registered, so that those happen once at a time.
     opening: Mutex<Option<Receiver<Result<Connect, VirtError>>>>,
+    /// Where lifecycle events go, once the service has said so.
+    sink: Mutex<Option<Sink>>,
+    /// Starts the keeper thread once.
+    keeper: Once,
+}
+
+/// An event sink and its generation, which tells whether a registration sends to it.
+#[derive(Clone)]
+struct Sink {
+    generation: u64,
+    tx: UnboundedSender<LifecycleEvent>,
+}
+
+/// One open connection as the shared slot holds it.
+struct Session {
+    conn: Connect,
+    /// The lifecycle callback registered on `conn`, deregistered when the session is
+    /// dropped: the callback holds a reference to the connection, which would otherwise
+    /// never close.
+    events: Option<Registration>,
+}
+
+/// A lifecycle callback registered on a connection.
+#[derive(Clone, Copy)]
+struct Registration {
+    /// libvirt's callback id.
+    id: c_int,
+    /// The [`Sink::generation`] whose sender the callback owns.
+    generation: u64,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(reg) = self.events.take() {
+            deregister_lifecycle(&self.conn, reg.id);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Both mutexes only ever hold a whole value or none; a panic elsewhere cannot leave one
-    // half-updated.
+    // Every mutex here only ever holds a whole value or none; a panic elsewhere cannot leave
+    // one half-updated.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn same_connection(a: &Connect, b: &Connect) -> bool {
+    // SAFETY: `as_ptr` only reads the wrapped pointer; nothing is dereferenced.
+    unsafe { a.as_ptr() == b.as_ptr() }
 }
 
 /// Opens a connection in a thread of its own, so that the caller can stop waiting.
@@ -204,47 +276,307 @@ fn spawn_open(uri: &str) -> Result<Receiver<Result<Connect, VirtError>>, Hypervi
     Ok(rx)
 }
 
-impl std::fmt::Debug for Libvirt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Libvirt")
-            .field("uri", &self.uri)
-            .field("domain_type", &self.configured)
-            .finish_non_exhaustive()
+// ---------------------------------------------------------------------------------------
+// Lifecycle events
+
+/// The callback signature libvirt uses for `VIR_DOMAIN_EVENT_ID_LIFECYCLE`.
+type LifecycleCallback =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+
+/// The generic signature `virConnectDomainEventRegisterAny` takes for every event id.
+type GenericCallback = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
+/// The lifecycle change an (event, detail) pair means, without the domain name; `None` for
+/// kinds vmwarden does not follow (defined, suspended, resumed, ...). `CRASHED` is ignored:
+/// with `on_crash=destroy` a crash is followed by `STOPPED`.
+fn lifecycle_kind(event: c_int, detail: c_int) -> Option<Option<StopReason>> {
+    let event = c_uint::try_from(event).ok()?;
+    match event {
+        sys::VIR_DOMAIN_EVENT_STARTED => Some(None),
+        sys::VIR_DOMAIN_EVENT_STOPPED => {
+            let reason = match c_uint::try_from(detail) {
+                Ok(sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN) => StopReason::Shutdown,
+                Ok(sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED) => StopReason::Destroyed,
+                Ok(sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED) => StopReason::Crashed,
+                Ok(sys::VIR_DOMAIN_EVENT_STOPPED_FAILED) => StopReason::Failed,
+                _ => StopReason::Other,
+            };
+            Some(Some(reason))
+        }
+        _ => None,
     }
 }
 
-impl Libvirt {
-    /// A hypervisor on `uri` (e.g. `qemu:///system`). Does not connect: the first call does.
-    pub fn new(uri: &str, domain_type: DomainType) -> Self {
-        Self {
-            uri: uri.to_owned(),
-            configured: domain_type,
-            resolved: OnceLock::new(),
-            conn: Mutex::new(None),
-            opening: Mutex::new(None),
+fn lifecycle_event(name: String, kind: Option<StopReason>) -> LifecycleEvent {
+    match kind {
+        None => LifecycleEvent::Started { name },
+        Some(reason) => LifecycleEvent::Stopped { name, reason },
+    }
+}
+
+/// The name of `dom`, or `None` for a null domain.
+///
+/// # Safety
+/// `dom` is null or a valid `virDomainPtr` for the duration of the call.
+unsafe fn domain_name(dom: sys::virDomainPtr) -> Option<String> {
+    if dom.is_null() {
+        return None;
+    }
+    // SAFETY: the caller guarantees `dom` is valid; the returned string belongs to it.
+    let name = unsafe { sys::virDomainGetName(dom) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: libvirt returns a NUL-terminated string that lives as long as `dom`, and it is
+    // copied before this function returns.
+    let name = unsafe { CStr::from_ptr(name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Runs on the libvirt event loop thread for every lifecycle event of the connection.
+unsafe extern "C" fn on_lifecycle(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    let Some(kind) = lifecycle_kind(event, detail) else {
+        return 0;
+    };
+    // SAFETY: `opaque` is the `Box<UnboundedSender>` handed over in `register_lifecycle`;
+    // libvirt frees it (through `free_sink`) only after the last callback has returned.
+    let Some(tx) = (unsafe { opaque.cast::<UnboundedSender<LifecycleEvent>>().as_ref() }) else {
+        return 0;
+    };
+    // SAFETY: libvirt passes a domain that is valid for the duration of the callback.
+    if let Some(name) = unsafe { domain_name(dom) } {
+        // A closed receiver means nobody listens any more: nothing to do.
+        let _ = tx.send(lifecycle_event(name, kind));
+    }
+    0
+}
+
+/// libvirt's free callback for the opaque pointer of [`on_lifecycle`].
+unsafe extern "C" fn free_sink(opaque: *mut c_void) {
+    if !opaque.is_null() {
+        // SAFETY: `opaque` came from `Box::into_raw` in `register_lifecycle`, and libvirt
+        // calls this once, after which it never passes the pointer again.
+        drop(unsafe { Box::from_raw(opaque.cast::<UnboundedSender<LifecycleEvent>>()) });
+    }
+}
+
+/// Registers [`on_lifecycle`] for every domain of `conn`, sending to a clone of `tx` that
+/// libvirt owns from now on. Returns the callback id.
+fn register_lifecycle(
+    conn: &Connect,
+    tx: &UnboundedSender<LifecycleEvent>,
+) -> Result<c_int, VirtError> {
+    let opaque = Box::into_raw(Box::new(tx.clone())).cast::<c_void>();
+    // SAFETY: libvirt calls a callback registered for VIR_DOMAIN_EVENT_ID_LIFECYCLE with the
+    // lifecycle signature; the generic type only carries it (VIR_DOMAIN_EVENT_CALLBACK in C).
+    let cb = unsafe {
+        std::mem::transmute::<LifecycleCallback, GenericCallback>(on_lifecycle as LifecycleCallback)
+    };
+    // SAFETY: `conn` holds a valid virConnectPtr for the call; a null domain means every
+    // domain; `opaque` stays valid until libvirt hands it to `free_sink`.
+    let id = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            std::ptr::null_mut(),
+            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+            Some(cb),
+            opaque,
+            Some(free_sink),
+        )
+    };
+    if id < 0 {
+        let e = VirtError::last_error();
+        // SAFETY: a failed registration does not take ownership of `opaque` (libvirt never
+        // calls the free callback then), so it is still ours to free, once.
+        unsafe { free_sink(opaque) };
+        return Err(e);
+    }
+    Ok(id)
+}
+
+/// Removes a lifecycle callback; libvirt then frees its sender and drops its reference to
+/// the connection. On a dead connection the call reports an error after doing so locally.
+fn deregister_lifecycle(conn: &Connect, id: c_int) {
+    // SAFETY: `conn` holds a valid virConnectPtr and `id` was returned by a registration on
+    // it that has not been removed yet (each `Registration` is dropped once).
+    let rc = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) };
+    if rc < 0 {
+        tracing::debug!(
+            error = %VirtError::last_error().message(),
+            "lifecycle callback deregistered on a closed connection"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bulk stats
+
+/// The list `virConnectGetAllDomainStats` returns, freed with everything in it on drop.
+struct StatsRecords(*mut sys::virDomainStatsRecordPtr);
+
+impl Drop for StatsRecords {
+    fn drop(&mut self) {
+        // SAFETY: the pointer is null or the list libvirt returned, freed exactly once here;
+        // nothing borrowed from it outlives `all_domain_stats`.
+        unsafe { sys::virDomainStatsRecordListFree(self.0) };
+    }
+}
+
+/// What [`DomainStats`] keeps of one record's typed parameters.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counters {
+    running: bool,
+    cpu_time_ns: u64,
+    block_bytes: u64,
+    net_bytes: u64,
+}
+
+/// Whether `rest` is `<index><suffix>` for one of `suffixes`, as in `0.rd.bytes`.
+fn indexed(rest: &[u8], suffixes: &[&[u8]]) -> bool {
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    digits > 0 && suffixes.contains(&&rest[digits..])
+}
+
+impl Counters {
+    fn add(&mut self, field: &[u8], value: u64) {
+        if field == b"state.state" {
+            // Paused, shut off, crashed, ... are not running; blocked is (as in `list`).
+            self.running = value == u64::from(sys::VIR_DOMAIN_RUNNING)
+                || value == u64::from(sys::VIR_DOMAIN_BLOCKED);
+        } else if field == b"cpu.time" {
+            self.cpu_time_ns = value;
+        } else if let Some(rest) = field.strip_prefix(b"block.") {
+            if indexed(rest, &[b".rd.bytes", b".wr.bytes"]) {
+                self.block_bytes = self.block_bytes.saturating_add(value);
+            }
+        } else if let Some(rest) = field.strip_prefix(b"net.") {
+            if indexed(rest, &[b".rx.bytes", b".tx.bytes"]) {
+                self.net_bytes = self.net_bytes.saturating_add(value);
+            }
         }
     }
+}
 
-    /// The connection URI.
-    pub fn uri(&self) -> &str {
-        &self.uri
+/// The name of a typed parameter, without its NUL.
+fn param_field(p: &sys::virTypedParameter) -> &[u8] {
+    // SAFETY: `c_char` and `u8` have the same size and alignment, and the slice covers
+    // exactly the array borrowed from `p`.
+    let raw = unsafe { std::slice::from_raw_parts(p.field.as_ptr().cast::<u8>(), p.field.len()) };
+    CStr::from_bytes_until_nul(raw).map_or(raw, CStr::to_bytes)
+}
+
+/// The value of an integer typed parameter; `None` for other types and negative numbers.
+fn param_u64(p: &sys::virTypedParameter) -> Option<u64> {
+    let v = &p.value;
+    match c_uint::try_from(p.type_).ok()? {
+        sys::VIR_TYPED_PARAM_ULLONG => {
+            // SAFETY: `type_` says libvirt wrote this union member.
+            Some(unsafe { v.ul })
+        }
+        sys::VIR_TYPED_PARAM_LLONG => {
+            // SAFETY: `type_` says libvirt wrote this union member.
+            u64::try_from(unsafe { v.l }).ok()
+        }
+        sys::VIR_TYPED_PARAM_UINT => {
+            // SAFETY: `type_` says libvirt wrote this union member.
+            Some(u64::from(unsafe { v.ui }))
+        }
+        sys::VIR_TYPED_PARAM_INT => {
+            // SAFETY: `type_` says libvirt wrote this union member.
+            u64::try_from(unsafe { v.i }).ok()
+        }
+        _ => None,
+    }
+}
+
+/// One bulk-stats sample of every domain on `conn`: a single `virConnectGetAllDomainStats`
+/// call, copied into owned values, the records freed before returning. (The `virt` crate's
+/// `get_all_domain_stats` frees only the outer array.)
+fn all_domain_stats(conn: &Connect) -> Result<Vec<DomainStats>, VirtError> {
+    let mut raw: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: `conn` holds a valid virConnectPtr for the call and `raw` is a valid place
+    // for the returned list, which `StatsRecords` then owns.
+    let n = unsafe { sys::virConnectGetAllDomainStats(conn.as_ptr(), STATS_GROUPS, &mut raw, 0) };
+    if n < 0 {
+        return Err(VirtError::last_error());
+    }
+    let records = StatsRecords(raw);
+    let n = if records.0.is_null() {
+        0
+    } else {
+        usize::try_from(n).unwrap_or(0)
+    };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: on success the list holds `n` record pointers (then a NULL), alive until
+        // `records` drops at the end of this function.
+        let rec = unsafe { *records.0.add(i) };
+        // SAFETY: each non-null entry points to a record libvirt filled in.
+        let Some(rec) = (unsafe { rec.as_ref() }) else {
+            break;
+        };
+        // SAFETY: the record holds a reference to its domain while the list lives.
+        let Some(name) = (unsafe { domain_name(rec.dom) }) else {
+            continue;
+        };
+        let params: &[sys::virTypedParameter] = match usize::try_from(rec.nparams) {
+            Ok(len) if len > 0 && !rec.params.is_null() => {
+                // SAFETY: `params` points to `nparams` typed parameters owned by the record.
+                unsafe { std::slice::from_raw_parts(rec.params, len) }
+            }
+            _ => &[],
+        };
+        let mut c = Counters::default();
+        for p in params {
+            if let Some(v) = param_u64(p) {
+                c.add(param_field(p), v);
+            }
+        }
+        let vm = name.parse::<VmId>().ok();
+        out.push(DomainStats {
+            name,
+            vm,
+            running: c.running,
+            cpu_time_ns: c.cpu_time_ns,
+            block_bytes: c.block_bytes,
+            net_bytes: c.net_bytes,
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// The connection
+
+impl Link {
+    fn slot(&self) -> MutexGuard<'_, Option<Session>> {
+        lock(&self.conn)
     }
 
-    fn slot(&self) -> MutexGuard<'_, Option<Connect>> {
-        lock(&self.conn)
+    fn sink(&self) -> Option<Sink> {
+        lock(&self.sink).clone()
     }
 
     /// The shared connection if it is alive; a dead one is dropped.
     fn live_connection(&self) -> Option<Connect> {
-        let mut slot = self.slot();
-        if let Some(conn) = slot.as_ref() {
+        let dead = {
+            let mut slot = self.slot();
+            let session = slot.as_ref()?;
             // is_alive asks the client library, not the daemon: no round trip.
-            if conn.is_alive().unwrap_or(false) {
-                return Some(conn.clone());
+            if session.conn.is_alive().unwrap_or(false) {
+                return Some(session.conn.clone());
             }
-            tracing::info!(uri = %self.uri, "libvirt connection lost, reconnecting");
-            *slot = None;
-        }
+            slot.take()
+        };
+        tracing::info!(uri = %self.uri, "libvirt connection lost, reconnecting");
+        // Outside the lock: deregistering the events may talk to libvirtd.
+        drop(dead);
         None
     }
 
@@ -293,9 +625,118 @@ impl Libvirt {
                 tracing::warn!(error = %e.message(), "cannot enable libvirt keepalive");
             }
         }
-        tracing::info!(uri = %self.uri, "connected to libvirt");
-        *self.slot() = Some(conn.clone());
+        // Events are registered before the connection is shared, so nothing done through
+        // it goes unreported; a failed registration is retried by the keeper.
+        let sink = self.sink();
+        let registration = sink.as_ref().and_then(|s| match register_lifecycle(&conn, &s.tx) {
+            Ok(id) => Some(Registration {
+                id,
+                generation: s.generation,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %message(&e), "cannot register for libvirt domain events");
+                None
+            }
+        });
+        tracing::info!(uri = %self.uri, events = registration.is_some(), "connected to libvirt");
+        let old = self.slot().replace(Session {
+            conn: conn.clone(),
+            events: registration,
+        });
+        drop(old);
+        if let (Some(sink), Some(_)) = (sink, registration) {
+            let _ = sink.tx.send(LifecycleEvent::Reconnected);
+        }
         Ok(conn)
+    }
+
+    /// Registers the current sink on the open connection when it is not yet (a failed
+    /// registration, a sink set after the connection opened, or a new sink), replacing an
+    /// older registration, and sends `Reconnected`.
+    fn ensure_events(&self) {
+        let Some(sink) = self.sink() else {
+            return;
+        };
+        // Serialises with `connection`, which registers too.
+        let _opening = lock(&self.opening);
+        let (conn, old) = {
+            let mut slot = self.slot();
+            match slot.as_mut() {
+                None => return,
+                Some(s) if s.events.map(|r| r.generation) == Some(sink.generation) => return,
+                Some(s) => (s.conn.clone(), s.events.take()),
+            }
+        };
+        // libvirt refuses the same callback twice on one connection: the old registration
+        // goes first. Events in between are covered by the `Reconnected` below.
+        if let Some(old) = old {
+            deregister_lifecycle(&conn, old.id);
+        }
+        let id = match register_lifecycle(&conn, &sink.tx) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(error = %message(&e), "cannot register for libvirt domain events");
+                self.forget_if_dead(&conn);
+                return;
+            }
+        };
+        let current = {
+            let mut slot = self.slot();
+            match slot.as_mut() {
+                Some(s) if same_connection(&s.conn, &conn) => {
+                    s.events = Some(Registration {
+                        id,
+                        generation: sink.generation,
+                    });
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !current {
+            // The connection was dropped meanwhile; the next one registers anew.
+            deregister_lifecycle(&conn, id);
+            return;
+        }
+        let _ = sink.tx.send(LifecycleEvent::Reconnected);
+    }
+
+    /// One keeper round: reopen a lost connection (which registers events) or register
+    /// events missing on an open one.
+    fn maintain(&self) -> Result<(), HypervisorError> {
+        self.connection()?;
+        self.ensure_events();
+        Ok(())
+    }
+
+    /// Starts the thread that keeps the connection open while an event sink is set. It
+    /// holds only a weak reference and ends within a round of the `Libvirt` being dropped.
+    fn start_keeper(self: &Arc<Self>) {
+        self.keeper.call_once(|| {
+            let link = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new()
+                .name("libvirt-keeper".to_owned())
+                .spawn(move || {
+                    let mut up = true;
+                    loop {
+                        std::thread::sleep(KEEPER_INTERVAL);
+                        let Some(link) = link.upgrade() else {
+                            return;
+                        };
+                        match link.maintain() {
+                            Ok(()) => up = true,
+                            Err(e) if up => {
+                                tracing::warn!(error = %e, "libvirt unreachable, retrying every second");
+                                up = false;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "libvirt still unreachable"),
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the libvirt keeper thread");
+            }
+        });
     }
 
     /// Forgets the shared connection if it is dead, so the next call reconnects.
@@ -303,14 +744,79 @@ impl Libvirt {
         if conn.is_alive().unwrap_or(false) {
             return false;
         }
-        let mut slot = self.slot();
-        if slot
-            .as_ref()
-            .is_some_and(|c| !c.is_alive().unwrap_or(false))
-        {
-            *slot = None;
-        }
+        let stale = {
+            let mut slot = self.slot();
+            if slot
+                .as_ref()
+                .is_some_and(|s| !s.conn.is_alive().unwrap_or(false))
+            {
+                slot.take()
+            } else {
+                None
+            }
+        };
+        drop(stale);
         true
+    }
+
+    /// Forgets `conn` if it is still the shared connection.
+    fn forget(&self, conn: &Connect) {
+        let stale = {
+            let mut slot = self.slot();
+            if slot
+                .as_ref()
+                .is_some_and(|s| same_connection(&s.conn, conn))
+            {
+                slot.take()
+            } else {
+                None
+            }
+        };
+        drop(stale);
+    }
+}
+
+impl std::fmt::Debug for Libvirt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Libvirt")
+            .field("uri", &self.link.uri)
+            .field("domain_type", &self.configured)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Libvirt {
+    /// A hypervisor on `uri` (e.g. `qemu:///system`). Does not connect: the first call does.
+    pub fn new(uri: &str, domain_type: DomainType) -> Self {
+        Self {
+            configured: domain_type,
+            resolved: OnceLock::new(),
+            link: Arc::new(Link {
+                uri: uri.to_owned(),
+                conn: Mutex::new(None),
+                opening: Mutex::new(None),
+                sink: Mutex::new(None),
+                keeper: Once::new(),
+            }),
+        }
+    }
+
+    /// The connection URI.
+    pub fn uri(&self) -> &str {
+        &self.link.uri
+    }
+
+    #[cfg(test)]
+    fn slot(&self) -> MutexGuard<'_, Option<Session>> {
+        self.link.slot()
+    }
+
+    fn connection(&self) -> Result<Connect, HypervisorError> {
+        self.link.connection()
+    }
+
+    fn forget_if_dead(&self, conn: &Connect) -> bool {
+        self.link.forget_if_dead(conn)
     }
 
     /// Maps a libvirt error of the call `what` (a capitalised phrase such as "Creating the
@@ -319,7 +825,7 @@ impl Libvirt {
         let dead = self.forget_if_dead(conn);
         if dead || is_transport_error(&e) {
             if !dead {
-                *self.slot() = None;
+                self.link.forget(conn);
             }
             return HypervisorError::Unavailable(format!(
                 "Connection to libvirt lost: {}",
@@ -678,6 +1184,31 @@ impl Hypervisor for Libvirt {
             .map(|(uuid, _)| uuid)
             .collect())
     }
+
+    fn stats(&self) -> Result<Vec<DomainStats>, HypervisorError> {
+        let conn = self.connection()?;
+        all_domain_stats(&conn)
+            .map_err(|e| self.error(&conn, "Reading domain statistics failed", e))
+    }
+
+    /// Registers on the open connection at once (opening one if libvirtd answers), sends
+    /// `Reconnected`, and from then on keeps a connection open: a lost one is reopened and
+    /// re-registered within a second of libvirtd answering again. Blocks like the other
+    /// methods while a connection is being opened.
+    fn set_event_sink(&self, sink: UnboundedSender<LifecycleEvent>) {
+        {
+            let mut current = lock(&self.link.sink);
+            let generation = current.as_ref().map_or(1, |s| s.generation + 1);
+            *current = Some(Sink {
+                generation,
+                tx: sink,
+            });
+        }
+        if let Err(e) = self.link.maintain() {
+            tracing::warn!(error = %e, "libvirt unreachable; events registered once it answers");
+        }
+        self.link.start_keeper();
+    }
 }
 
 #[cfg(test)]
@@ -723,6 +1254,200 @@ mod tests {
     }
 
     #[test]
+    fn counters_sum_disks_and_interfaces_and_skip_the_rest() {
+        let mut c = Counters::default();
+        let running = u64::from(sys::VIR_DOMAIN_RUNNING);
+        for (field, v) in [
+            (&b"state.state"[..], running),
+            (b"state.reason", 1),
+            (b"cpu.time", 5_000),
+            (b"cpu.user", 7),
+            (b"block.count", 2),
+            (b"block.0.name", 9),
+            (b"block.0.rd.bytes", 100),
+            (b"block.0.wr.bytes", 20),
+            (b"block.0.rd.reqs", 1_000),
+            (b"block.1.rd.bytes", 3),
+            (b"block.12.wr.bytes", 4),
+            (b"block..rd.bytes", 1_000),
+            (b"net.count", 1),
+            (b"net.0.rx.bytes", 50),
+            (b"net.0.tx.bytes", 5),
+            (b"net.0.rx.pkts", 1_000),
+        ] {
+            c.add(field, v);
+        }
+        assert_eq!(
+            c,
+            Counters {
+                running: true,
+                cpu_time_ns: 5_000,
+                block_bytes: 127,
+                net_bytes: 55,
+            }
+        );
+        for (state, running) in [
+            (sys::VIR_DOMAIN_PAUSED, false),
+            (sys::VIR_DOMAIN_SHUTOFF, false),
+            (sys::VIR_DOMAIN_BLOCKED, true),
+        ] {
+            c.add(b"state.state", u64::from(state));
+            assert_eq!(c.running, running, "{state}");
+        }
+        c.add(b"block.0.rd.bytes", u64::MAX);
+        assert_eq!(c.block_bytes, u64::MAX);
+    }
+
+    #[test]
+    fn lifecycle_events_map_to_reasons() {
+        let ev = |e: c_uint, d: c_uint| lifecycle_kind(e as c_int, d as c_int);
+        assert_eq!(ev(sys::VIR_DOMAIN_EVENT_STARTED, 0), Some(None));
+        for (detail, reason) in [
+            (sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, StopReason::Shutdown),
+            (
+                sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED,
+                StopReason::Destroyed,
+            ),
+            (sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED, StopReason::Crashed),
+            (sys::VIR_DOMAIN_EVENT_STOPPED_FAILED, StopReason::Failed),
+            (sys::VIR_DOMAIN_EVENT_STOPPED_SAVED, StopReason::Other),
+            (sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED, StopReason::Other),
+        ] {
+            assert_eq!(
+                ev(sys::VIR_DOMAIN_EVENT_STOPPED, detail),
+                Some(Some(reason))
+            );
+        }
+        for kind in [
+            sys::VIR_DOMAIN_EVENT_DEFINED,
+            sys::VIR_DOMAIN_EVENT_SUSPENDED,
+            sys::VIR_DOMAIN_EVENT_RESUMED,
+            sys::VIR_DOMAIN_EVENT_SHUTDOWN,
+            sys::VIR_DOMAIN_EVENT_CRASHED,
+        ] {
+            assert_eq!(ev(kind, 0), None, "{kind}");
+        }
+        assert_eq!(lifecycle_kind(-1, 0), None);
+    }
+
+    #[test]
+    fn test_driver_stats_report_state_only() {
+        // test:///default is one state per process, shared with the other tests here: look
+        // only at its "test" domain, which nothing stops.
+        let lv = Libvirt::new("test:///default", DomainType::Auto);
+        let stats = lv.stats().unwrap();
+        let test = stats.iter().find(|s| s.name == "test");
+        assert_eq!(
+            test,
+            Some(&DomainStats {
+                name: "test".to_owned(),
+                vm: None,
+                running: true,
+                cpu_time_ns: 0,
+                block_bytes: 0,
+                net_bytes: 0,
+            }),
+            "{stats:?}"
+        );
+    }
+
+    /// The next event within 5 s, skipping those about domains other than `name`'s (other
+    /// tests may share test:///default).
+    fn next_event(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<LifecycleEvent>,
+        name: Option<&str>,
+    ) -> Option<LifecycleEvent> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(ev) => {
+                    let about = match &ev {
+                        LifecycleEvent::Started { name } | LifecycleEvent::Stopped { name, .. } => {
+                            Some(name.as_str())
+                        }
+                        LifecycleEvent::Reconnected => None,
+                    };
+                    if about == name {
+                        return Some(ev);
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        None
+    }
+
+    /// Senders alive: the test's own plus the ones libvirt holds.
+    fn wait_senders(tx: &UnboundedSender<LifecycleEvent>, n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tx.strong_count() != n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tx.strong_count()
+    }
+
+    #[test]
+    fn test_driver_events_reach_the_sink_and_are_released() {
+        let lv = Libvirt::new("test:///default", DomainType::Auto);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // A sink set before any connection: set_event_sink connects and registers.
+        lv.set_event_sink(tx.clone());
+        assert_eq!(next_event(&mut rx, None), Some(LifecycleEvent::Reconnected));
+        // Ours, the sink's, the callback's.
+        assert_eq!(wait_senders(&tx, 3), 3);
+        // Domains of its own: test:///default is shared by every connection of the process.
+        let name = format!("events-{}", Uuid::new_v4());
+        let xml = format!(
+            "<domain type='test'><name>{name}</name><memory>1024</memory>\
+             <os><type>hvm</type></os></domain>"
+        );
+        let conn = lv.connection().unwrap();
+        let dom = conn.create_domain_xml(&xml, 0).unwrap();
+        assert_eq!(
+            next_event(&mut rx, Some(&name)),
+            Some(LifecycleEvent::Started { name: name.clone() })
+        );
+        dom.destroy().unwrap();
+        assert_eq!(
+            next_event(&mut rx, Some(&name)),
+            Some(LifecycleEvent::Stopped {
+                name: name.clone(),
+                reason: StopReason::Destroyed,
+            })
+        );
+        let dom = conn.create_domain_xml(&xml, 0).unwrap();
+        assert_eq!(
+            next_event(&mut rx, Some(&name)),
+            Some(LifecycleEvent::Started { name: name.clone() })
+        );
+
+        // A new sink replaces the registration; the old callback's sender is freed.
+        let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel();
+        lv.set_event_sink(tx2.clone());
+        assert_eq!(
+            next_event(&mut rx2, None),
+            Some(LifecycleEvent::Reconnected)
+        );
+        assert_eq!(wait_senders(&tx, 1), 1);
+        assert_eq!(wait_senders(&tx2, 3), 3);
+        dom.destroy().unwrap();
+        assert_eq!(
+            next_event(&mut rx2, Some(&name)),
+            Some(LifecycleEvent::Stopped {
+                name: name.clone(),
+                reason: StopReason::Destroyed,
+            })
+        );
+        // The old sink hears nothing more.
+        assert!(rx.try_recv().is_err());
+
+        // Dropping the hypervisor deregisters: libvirt frees its sender.
+        drop(conn);
+        drop(lv);
+        assert_eq!(wait_senders(&tx2, 1), 1);
+    }
+
+    #[test]
     fn unreachable_libvirt_is_unavailable_and_fast() {
         let lv = Libvirt::new(
             "qemu+unix:///system?socket=/nonexistent/sock",
@@ -737,6 +1462,15 @@ mod tests {
             lv.domain_type(),
             Err(HypervisorError::Unavailable(_))
         ));
+        assert!(matches!(lv.stats(), Err(HypervisorError::Unavailable(_))));
+        // A sink on an unreachable libvirtd: nothing registered, nothing blocks, and the
+        // keeper lets go of the sink when the hypervisor is dropped.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        lv.set_event_sink(tx.clone());
         assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(tx.strong_count(), 2);
+        drop(lv);
+        assert_eq!(wait_senders(&tx, 1), 1);
     }
 }

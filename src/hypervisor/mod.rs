@@ -184,7 +184,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn our_secrets(&self) -> Result<Vec<String>, HypervisorError>;
     /// One bulk-stats sample of every domain: a single `virConnectGetAllDomainStats` call.
     fn stats(&self) -> Result<Vec<DomainStats>, HypervisorError> {
-        Err(HypervisorError::Failed("Bulk stats are not supported here".into()))
+        Err(HypervisorError::Failed(
+            "Bulk stats are not supported here".into(),
+        ))
     }
     /// Where lifecycle events go. The implementation registers for them on every
     /// (re)connection and sends `Reconnected` after each registration.

@@ -28,6 +28,9 @@ pub enum StoreError {
     /// A name is taken.
     #[error("{0} already exists")]
     Exists(String),
+    /// The database file's permissions could not be set.
+    #[error("Database file: {0}")]
+    Io(#[from] std::io::Error),
     /// The database was written by a newer vmwarden.
     #[error("Database schema version {0} is newer than this vmwarden supports ({1})")]
     TooNew(i64, i64),
@@ -225,6 +228,8 @@ impl Store {
     /// Opens (creating if needed) and migrates the database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
+        // Wrapped passphrases and verifiers are not secrets, but nobody else needs them.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -280,13 +285,16 @@ impl Store {
         insert_audit(&tx, audit, "ok")?;
         tx.commit()?;
         self.generation.fetch_add(1, Ordering::Release);
+        log_audit(audit, "ok");
         Ok(out)
     }
 
     /// Records a refused or failed attempt (its own transaction; nothing else changed).
     pub fn audit_outcome(&self, audit: &AuditCtx<'_>, outcome: &str) -> Result<(), StoreError> {
         let conn = self.conn.lock().unwrap();
-        insert_audit(&conn, audit, outcome)
+        insert_audit(&conn, audit, outcome)?;
+        log_audit(audit, outcome);
+        Ok(())
     }
 
     // ----- users -----
@@ -760,6 +768,29 @@ impl Store {
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
+}
+
+/// The journal MESSAGE_ID of audit entries, so operators can select them
+/// (`journalctl MESSAGE_ID=...`).
+pub const AUDIT_MESSAGE_ID: &str = "5d1e8a4f0b2c4e6f9a7d3c1b2e4f6a80";
+
+/// Mirrors a committed audit row into the log; under journald the fields become journal
+/// fields (VM, USER, ACTION, OUTCOME, MESSAGE_ID).
+fn log_audit(a: &AuditCtx<'_>, outcome: &str) {
+    tracing::info!(
+        target: "vmwarden::audit",
+        message_id = AUDIT_MESSAGE_ID,
+        vm = a.vm.map(|v| v.to_string()).unwrap_or_default(),
+        user = a.actor,
+        action = a.action,
+        object = %a.target,
+        outcome,
+        "{} {} {}: {}",
+        a.actor,
+        a.action,
+        a.target,
+        outcome
+    );
 }
 
 fn insert_audit(conn: &Connection, a: &AuditCtx<'_>, outcome: &str) -> Result<(), StoreError> {

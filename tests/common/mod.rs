@@ -501,9 +501,16 @@ pub struct Events {
 impl Events {
     pub async fn open(c: &Client, user: &str) -> Events {
         let stream = tokio::net::UnixStream::connect(&c.socket).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn);
-        let req = Request::builder().uri("/v1/events").header("host", "x").header("vmwarden-user", user).body(Full::new(Bytes::new())).unwrap();
+        let req = Request::builder()
+            .uri("/v1/events")
+            .header("host", "x")
+            .header("vmwarden-user", user)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let mut resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -538,11 +545,18 @@ impl Events {
     }
 
     /// Waits for an event of `kind` whose data contains `needle`, up to `within`.
-    pub async fn wait_for(&mut self, kind: &str, needle: &str, within: Duration) -> Option<serde_json::Value> {
+    pub async fn wait_for(
+        &mut self,
+        kind: &str,
+        needles: &[&str],
+        within: Duration,
+    ) -> Option<serde_json::Value> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let ev = tokio::time::timeout_at(deadline, self.rx.recv()).await.ok()??;
-            if ev.0 == kind && ev.1.contains(needle) {
+            let ev = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .ok()??;
+            if ev.0 == kind && needles.iter().all(|n| ev.1.contains(n)) {
                 return serde_json::from_str(&ev.1).ok();
             }
         }
@@ -550,5 +564,9 @@ impl Events {
 }
 
 pub fn qemu_pid(vm: &str) -> i32 {
-    std::fs::read_to_string(format!("/run/libvirt/qemu/{vm}.pid")).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(format!("/run/libvirt/qemu/{vm}.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
