@@ -30,7 +30,7 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   # parent is the nearest subreaper or PID 1. Without systemd as PID 1 (containers), init may
   # reap late and delay lifecycle events by seconds; tini -s reaps libvirtd's orphans at once.
   if ! pgrep -x libvirtd >/dev/null; then
-    setsid tini -s -- libvirtd </dev/null >/dev/null 2>&1 &
+    setsid -f tini -s -- libvirtd </dev/null >/dev/null 2>&1
   fi
   for _ in $(seq 1 50); do
     virsh -c qemu:///system version >/dev/null 2>&1 && break

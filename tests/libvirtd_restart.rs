@@ -19,13 +19,15 @@ fn libvirtd_running() -> bool {
 fn start_libvirtd() {
     if !libvirtd_running() {
         // As scripts/setup-host.sh does: under a subreaper, so dead QEMUs are reaped at once.
-        Command::new("setsid")
-            .args(["tini", "-s", "--", "libvirtd"])
+        // setsid -f forks, so the command returns and libvirtd lives on in its own session.
+        let st = Command::new("setsid")
+            .args(["-f", "tini", "-s", "--", "libvirtd"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
+            .status()
             .unwrap();
+        assert!(st.success());
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
