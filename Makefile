@@ -36,6 +36,7 @@ package-test: setup
 bench: setup
 	$(CARGO) bench --bench api
 	$(CARGO) bench --bench launch
+	$(CARGO) bench --bench idle
 
 clean:
 	$(CARGO) clean

@@ -18,6 +18,11 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(extra: &str) -> Daemon {
         let dir = PathBuf::from(format!("/tmp/vmwb-{}", uuid::Uuid::new_v4().simple()));
+        Self::start_in(dir, extra)
+    }
+
+    /// Starts (or restarts) a daemon whose state lives in `dir`.
+    pub fn start_in(dir: PathBuf, extra: &str) -> Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
@@ -56,11 +61,35 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Stops the process and keeps the state directory.
+    pub fn stop_keep(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = self.dir.clone();
+        self.dir = PathBuf::new();
+        dir
+    }
+
+    /// Resident set size of the daemon, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
