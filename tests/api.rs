@@ -609,3 +609,219 @@ fn check_config_reports_key_line_and_column() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn key_and_stream_endpoints_allowed_denied_hidden() {
+    rt().block_on(async {
+        let w = world().await;
+        let c = &w.c;
+        // Re-split: admins only, on an unlocked project.
+        let r = c
+            .req("POST", "/v1/projects/genomics/resplit", Some("alice"), None)
+            .await;
+        assert_eq!((r.status, r.code()), (403, "admin_required"));
+        let r = c
+            .req("POST", "/v1/projects/genomics/resplit", Some("root"), None)
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let (admin_share, member_share) = (
+            r.body["admin_share"].as_str().unwrap().to_owned(),
+            r.body["member_share"].as_str().unwrap().to_owned(),
+        );
+        assert_eq!(
+            c.req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
+                .await
+                .status,
+            200
+        );
+        let r = c
+            .req("POST", "/v1/projects/genomics/resplit", Some("root"), None)
+            .await;
+        assert_eq!((r.status, r.code()), (423, "project_locked"));
+        // Unlock: the admin half from a member is denied; a non-member does not see the project.
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/genomics/unlock",
+                Some("bob"),
+                Some(json!({"share": admin_share})),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{r:?}");
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/genomics/unlock",
+                Some("carol"),
+                Some(json!({"share": member_share})),
+            )
+            .await;
+        assert_eq!(r.status, 404, "{r:?}");
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/nope/unlock",
+                Some("root"),
+                Some(json!({"share": admin_share})),
+            )
+            .await;
+        assert_eq!(r.status, 404, "{r:?}");
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/genomics/unlock",
+                Some("root"),
+                Some(json!({"share": "not-a-share"})),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (400, "malformed_share"));
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/genomics/unlock",
+                Some("root"),
+                Some(json!({"share": admin_share})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["waiting_for"].clone()),
+            (200, json!(["member"])),
+            "{r:?}"
+        );
+        let r = c.get("/v1/projects", "bob").await;
+        assert_eq!(r.body[0]["pending"], json!(["admin"]), "{r:?}");
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/genomics/unlock",
+                Some("bob"),
+                Some(json!({"share": member_share})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["locked"].as_bool()),
+            (200, Some(false)),
+            "{r:?}"
+        );
+        // Events: registered callers stream; unregistered get 403.
+        let _stream = Events::open(c, "carol").await;
+        let r = c.req("GET", "/v1/events", Some("nobody"), None).await;
+        assert_eq!((r.status, r.code()), (403, "unregistered"));
+    });
+}
+
+#[test]
+fn idle_policy_edits_stay_within_the_host_bounds() {
+    rt().block_on(async {
+        let w = world().await;
+        let (c, vm) = (&w.c, w.vm.as_str());
+        let patch = |who: &'static str, idle: serde_json::Value| {
+            let c = c.clone();
+            let path = format!("/v1/vms/{vm}");
+            async move {
+                c.req("PATCH", &path, Some(who), Some(json!({ "idle": idle })))
+                    .await
+            }
+        };
+        let r = patch("alice", json!({"after": "30m", "cpu_percent": 2.5})).await;
+        assert_eq!(
+            (r.status, r.body["change"].as_str()),
+            (200, Some("updated")),
+            "{r:?}"
+        );
+        assert_eq!(r.body["idle"]["after"], "30m");
+        let r = patch("alice", json!({"after": "30m", "cpu_percent": 2.5})).await;
+        assert_eq!(r.body["change"], "unchanged");
+        let r = patch("alice", json!({"after": "48h"})).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_request"),
+            "beyond max_after: {r:?}"
+        );
+        let r = patch("alice", json!({"enabled": false})).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_request"),
+            "owners_may_disable is false: {r:?}"
+        );
+        let r = patch("alice", json!({"after": "ten"})).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_body"));
+        let r = patch("alice", json!({"sleepy": true})).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_body"));
+        c.req(
+            "PUT",
+            &format!("/v1/vms/{vm}/members/bob"),
+            Some("alice"),
+            Some(json!({"role": "user"})),
+        )
+        .await;
+        let r = patch("bob", json!({"after": "1h"})).await;
+        assert_eq!((r.status, r.code()), (403, "owner_required"));
+        // Keepalive: owners and users.
+        assert_eq!(
+            c.req(
+                "POST",
+                &format!("/v1/vms/{vm}/keepalive"),
+                Some("bob"),
+                None
+            )
+            .await
+            .status,
+            200
+        );
+    });
+}
+
+#[test]
+fn slow_event_reader_is_dropped_without_slowing_others() {
+    rt().block_on(async {
+        let w = world().await;
+        let (c, vm) = (&w.c, w.vm.as_str());
+        // The slow reader sends its request and never reads.
+        let mut slow = std::os::unix::net::UnixStream::connect(&w.d.socket).unwrap();
+        slow.write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nVmwarden-User: alice\r\n\r\n")
+            .unwrap();
+        let mut fast = Events::open(c, "alice").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Enough events to fill the socket buffers and the reader's queue.
+        let rounds = 2500;
+        for _ in 0..rounds {
+            c.req(
+                "PUT",
+                &format!("/v1/vms/{vm}/members/bob"),
+                Some("alice"),
+                Some(json!({"role": "user"})),
+            )
+            .await;
+            c.req(
+                "DELETE",
+                &format!("/v1/vms/{vm}/members/bob"),
+                Some("alice"),
+                None,
+            )
+            .await;
+        }
+        // The fast reader got every one of them.
+        let mut got = 0;
+        while got < 2 * rounds {
+            match tokio::time::timeout(Duration::from_secs(10), fast.rx.recv()).await {
+                Ok(Some((k, _))) if k == "vm.shared" || k == "vm.unshared" => got += 1,
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        assert_eq!(got, 2 * rounds, "the fast reader lost events");
+        // The slow one was cut off, and told why as its last event.
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = vec![];
+        let _ = slow.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.contains("event: stream.dropped"), "no drop notice");
+        let shared = text.matches("event: vm.shared").count();
+        assert!(
+            shared < rounds,
+            "the slow reader was not dropped ({shared} events)"
+        );
+    });
+}

@@ -362,3 +362,77 @@ fn cli_walkthrough_starts_and_stops_a_domain() {
     assert_eq!(rc, 0, "{err}");
     assert!(!domain_running(id));
 }
+
+#[test]
+fn resplit_rekeys_so_the_old_pair_stops_working_and_drives_still_boot() {
+    rt().block_on(async {
+        let d = Daemon::start(Opts::default());
+        let (c, old, _drv, vm) = setup(&d, "REKEYED").await;
+        let r = c
+            .req("POST", "/v1/projects/genomics/resplit", Some("root"), None)
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let new = Shares {
+            admin: r.body["admin_share"].as_str().unwrap().to_owned(),
+            member: r.body["member_share"].as_str().unwrap().to_owned(),
+        };
+        assert_ne!(new.admin, old.admin);
+        assert_eq!(
+            c.req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
+                .await
+                .status,
+            200
+        );
+        // The old pair no longer rebuilds the key: both halves are discarded.
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/genomics/unlock",
+                Some("root"),
+                Some(json!({"share": old.admin})),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/genomics/unlock",
+                Some("alice"),
+                Some(json!({"share": old.member})),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (409, "invalid_share"), "{r:?}");
+        assert_eq!(
+            c.get("/v1/projects", "alice").await.body[0]["pending"],
+            json!([])
+        );
+        // A mixed pair fails the same way.
+        c.req(
+            "POST",
+            "/v1/projects/genomics/unlock",
+            Some("root"),
+            Some(json!({"share": new.admin})),
+        )
+        .await;
+        let r = c
+            .req(
+                "POST",
+                "/v1/projects/genomics/unlock",
+                Some("alice"),
+                Some(json!({"share": old.member})),
+            )
+            .await;
+        assert_eq!(r.code(), "invalid_share");
+        // The new pair works, and the re-wrapped passphrase still opens the drive.
+        unlock(&c, "genomics", &new, "alice").await;
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(wait_for_file_containing(
+            &serial_log(&d, &vm),
+            "REKEYED",
+            Duration::from_secs(20)
+        ));
+    });
+}

@@ -431,6 +431,7 @@ fn audit_events_are_native_journal_entries_with_fields() {
             }
         }
     };
+    eprintln!("audit entry: {found:?}");
     assert_eq!(found.get("VM"), Some(&vm_id), "{found:#?}");
     assert_eq!(
         found.get("USER").map(String::as_str),
