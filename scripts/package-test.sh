@@ -66,7 +66,7 @@ missing=()
 command -v lintian >/dev/null || missing+=(lintian)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v man >/dev/null || missing+=(man-db)
-python3 -c 'import seccomp' 2>/dev/null || missing+=(python3-seccomp)
+/usr/bin/python3 -c 'import seccomp' 2>/dev/null || missing+=(python3-seccomp)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
@@ -86,7 +86,7 @@ echo "$deb: $(du -h "$deb" | cut -f1)"
 
 step "lintian"
 # lintian runs as root here (CI); it says so on stderr.
-lint=$(lintian --fail-on none --info --no-tag-display-limit "$deb" 2>/dev/null || true)
+lint=$(lintian -I --fail-on none --no-tag-display-limit "$deb" 2>/dev/null || true)
 echo "${lint:-(no tags)}"
 if grep -q '^E: ' <<<"$lint"; then
   fail "lintian errors"
@@ -215,7 +215,7 @@ install -d -o vmwarden -g vmwarden -m 0711 /var/lib/vmwarden
   ulimit -l 32768
   cd /
   env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin RUST_LOG=info VMWARDEN_LOG=stderr \
-    python3 "$SANDBOX" /usr/sbin/vmwardend --config /etc/vmwarden/config.toml >"$LOG" 2>&1 &
+    /usr/bin/python3 "$SANDBOX" /usr/sbin/vmwardend --config /etc/vmwarden/config.toml >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
 )
 for _ in $(seq 1 100); do
@@ -247,7 +247,7 @@ drives=/var/lib/vmwarden/drives-package-test
 install -d -o vmwarden -g vmwarden -m 0711 "$drives"
 # The command line of src/hypervisor/image.rs: the passphrase on stdin.
 printf 'package-test-passphrase' |
-  python3 "$SANDBOX" /usr/bin/qemu-img create -q -f qcow2 \
+  /usr/bin/python3 "$SANDBOX" /usr/bin/qemu-img create -q -f qcow2 \
     --object secret,id=sec0,file=/dev/stdin \
     -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 "$drives/t.qcow2" 16M ||
   fail "qemu-img create under the sandbox"

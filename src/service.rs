@@ -126,6 +126,9 @@ pub struct Event {
     pub drive: Option<DriveId>,
     /// Event data without drive details.
     pub data: serde_json::Value,
+    /// Who may receive it when its object can no longer be checked (a deleted VM's members).
+    #[serde(skip)]
+    pub audience: Option<Vec<UserName>>,
     /// Milliseconds since the epoch.
     pub at_ms: i64,
 }
@@ -426,6 +429,18 @@ impl Service {
         self.emit_drive(kind, vm, None, data);
     }
 
+    fn emit_project(&self, kind: &'static str, project: ProjectName, data: serde_json::Value) {
+        let _ = self.events.send(Event {
+            kind,
+            vm: None,
+            project: Some(project),
+            drive: None,
+            audience: None,
+            data,
+            at_ms: crate::store::now_ms(),
+        });
+    }
+
     /// An event that names a drive; the API strips the drive for subscribers who do not own it.
     fn emit_drive(
         &self,
@@ -439,6 +454,7 @@ impl Service {
             vm: vm.map(|v| v.id),
             project: vm.map(|v| v.project.clone()),
             drive,
+            audience: None,
             data,
             at_ms: crate::store::now_ms(),
         });
@@ -804,14 +820,11 @@ impl Service {
             UnlockOutcome::AlreadyUnlocked => "",
         };
         if !kind.is_empty() {
-            let _ = self.events.send(Event {
+            self.emit_project(
                 kind,
-                vm: None,
-                project: Some(project.clone()),
-                drive: None,
-                data: serde_json::json!({"project": project}),
-                at_ms: crate::store::now_ms(),
-            });
+                project.clone(),
+                serde_json::json!({"project": project}),
+            );
         }
         Ok(self.keys.status(&project, Instant::now()))
     }
@@ -838,14 +851,11 @@ impl Service {
         })
         .await?;
         if held {
-            let _ = self.events.send(Event {
-                kind: "project.locked",
-                vm: None,
-                project: Some(project.clone()),
-                drive: None,
-                data: serde_json::json!({"project": project, "reason": "lock"}),
-                at_ms: crate::store::now_ms(),
-            });
+            self.emit_project(
+                "project.locked",
+                project.clone(),
+                serde_json::json!({"project": project, "reason": "lock"}),
+            );
         }
         Ok(self.keys.status(&project, Instant::now()))
     }
@@ -1344,7 +1354,27 @@ impl Service {
             )
         })
         .await?;
-        self.emit("vm.deleted", Some(&vm), serde_json::json!({"id": id}));
+        let members = self
+            .project_row(p, &vm.project)
+            .await
+            .map(|r| r.members)
+            .unwrap_or_default();
+        let _ = self.events.send(Event {
+            kind: "vm.deleted",
+            vm: Some(id),
+            project: Some(vm.project.clone()),
+            drive: None,
+            audience: Some(
+                vm.owners
+                    .iter()
+                    .chain(&vm.users)
+                    .filter(|u| members.contains(u))
+                    .cloned()
+                    .collect(),
+            ),
+            data: serde_json::json!({"id": id}),
+            at_ms: crate::store::now_ms(),
+        });
         self.vm_locks.lock().unwrap().remove(&id);
         Ok(())
     }
@@ -2047,14 +2077,11 @@ impl Service {
     /// Zeroizes expired keys and pending halves; announces projects that locked by TTL.
     pub fn sweep_keys(&self) {
         for project in self.keys.sweep(Instant::now()) {
-            let _ = self.events.send(Event {
-                kind: "project.locked",
-                vm: None,
-                project: Some(project.clone()),
-                drive: None,
-                data: serde_json::json!({"project": project, "reason": "ttl"}),
-                at_ms: crate::store::now_ms(),
-            });
+            self.emit_project(
+                "project.locked",
+                project.clone(),
+                serde_json::json!({"project": project, "reason": "ttl"}),
+            );
         }
     }
 }

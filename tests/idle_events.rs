@@ -241,6 +241,19 @@ fn event_stream_is_filtered_per_caller() {
                 .replace(".qcow2", "");
             assert!(!u.contains(&name), "user stream leaks drive {name}");
         }
+        // Deleting the VM reaches its members, not the outsider.
+        assert_eq!(
+            c.req("DELETE", &format!("/v1/vms/{vm}"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
+        assert!(owner
+            .wait_for("vm.deleted", &[vm], Duration::from_secs(5))
+            .await
+            .is_some());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(user.raw.lock().unwrap().contains("vm.deleted"));
         let o = outsider.raw.lock().unwrap().clone();
         assert!(!o.contains("event:"), "outsider got events: {o}");
     });

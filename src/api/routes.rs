@@ -6,7 +6,7 @@ use crate::model::{
     DriveId, DriveName, IdlePolicy, ProjectName, Role, SecretBytes, TeamName, User, UserName, VmId,
     VmName,
 };
-use crate::service::{CreatedProject, NewVm, Service, ServiceError, VmPatch};
+use crate::service::{CreatedProject, NewVm, Service, VmPatch};
 use crate::store::AuditFilter;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -839,12 +839,11 @@ async fn events(st: &State, p: crate::policy::Principal) -> Result<Response<ApiB
 }
 
 async fn visible(svc: &Service, p: &crate::policy::Principal, ev: &crate::service::Event) -> bool {
+    if let Some(audience) = &ev.audience {
+        return audience.contains(&p.name);
+    }
     if let Some(vm) = ev.vm {
-        return match svc.vm(p, vm).await {
-            Ok(_) => true,
-            // A deleted VM can no longer be checked; its delete event goes to nobody but admins.
-            Err(ServiceError::Denied(_)) | Err(_) => ev.kind == "vm.deleted" && p.admin,
-        };
+        return svc.vm(p, vm).await.is_ok();
     }
     if let Some(project) = &ev.project {
         return svc
