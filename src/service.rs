@@ -802,7 +802,7 @@ impl Service {
             Ok(UnlockOutcome::Pending) => "ok".to_string(),
             Ok(UnlockOutcome::Unlocked) => "ok".to_string(),
             Ok(UnlockOutcome::AlreadyUnlocked) => "ok".to_string(),
-            Err(_) => "denied:invalid_share".to_string(),
+            Err(_) => "denied".to_string(),
         };
         let detail = match &outcome {
             Ok(o) => format!("{half_name} share; {o:?}"),
