@@ -20,5 +20,7 @@ rm -rf target/assets
 $CARGO run --quiet --example gen_assets -- target/assets >&2
 # --strip: [profile.release] keeps line tables for benches and profiling; the package ships
 # stripped binaries (lintian: unstripped-binary-or-object).
-$CARGO deb --strip --no-separate-debug-symbols "$@" >&2
-ls -t target/debian/vmwarden_*.deb | head -n 1
+# cargo deb prints the package's path on stdout (under $CARGO_TARGET_DIR when set).
+deb=$($CARGO deb --strip --no-separate-debug-symbols "$@" | tail -n 1)
+[ -f "$deb" ] || { echo "cargo deb did not report a package" >&2; exit 1; }
+echo "$deb"

@@ -6,14 +6,12 @@
 //! processes (`qemu-img`) neither inherit the listening socket nor the notification socket.
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::net::{UnixDatagram, UnixListener as StdUnixListener};
+use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::Path;
 use std::time::Duration;
 
-/// The journal `MESSAGE_ID` of audit entries (one per committed audit row), so operators can
-/// select them with `journalctl MESSAGE_ID=5d1e8a4f0b2c4e6f9a7d3c1b2e4f6a80`. A fixed random
-/// 128-bit id, as systemd's catalog expects; never change it.
-pub const AUDIT_MESSAGE_ID: &str = "5d1e8a4f0b2c4e6f9a7d3c1b2e4f6a80";
+/// The journal MESSAGE_ID of audit entries (defined with the audit rows, in the store).
+pub use crate::store::AUDIT_MESSAGE_ID;
 
 /// Where the journal's native protocol socket lives.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -163,23 +161,18 @@ fn clear_var(name: &str) {
 /// listening Unix stream socket; the daemon refuses to start rather than bind over the path
 /// systemd owns.
 pub fn socket_from_systemd() -> Result<Option<StdUnixListener>, String> {
-    let pid = std::env::var("LISTEN_PID").ok();
-    let fds = std::env::var("LISTEN_FDS").ok();
-    for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        clear_var(v);
-    }
-    let (Some(pid), Some(fds)) = (pid, fds) else {
-        return Ok(None);
-    };
-    if pid.parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(None);
-    }
-    match fds.parse::<u32>() {
-        Ok(0) => return Ok(None),
-        Ok(1) => {}
-        _ => {
+    // sd_notify::listen_fds checks LISTEN_PID, clears LISTEN_PID and LISTEN_FDS, and sets
+    // close-on-exec so the control socket does not leak into qemu-img.
+    let fds: Vec<RawFd> = sd_notify::listen_fds()
+        .map_err(|e| format!("LISTEN_FDS: {e}"))?
+        .collect();
+    clear_var("LISTEN_FDNAMES");
+    match fds.len() {
+        0 => return Ok(None),
+        1 => {}
+        n => {
             return Err(format!(
-                "LISTEN_FDS={fds}: vmwardend takes exactly one socket (the control socket)"
+                "LISTEN_FDS={n}: vmwardend takes exactly one socket (the control socket)"
             ))
         }
     }
@@ -199,12 +192,6 @@ pub fn socket_from_systemd() -> Result<Option<StdUnixListener>, String> {
              unix: {unix}, listening: {listening}); check ListenStream= in vmwarden.socket"
         ));
     }
-    // sd_listen_fds sets close-on-exec: the control socket must not leak into qemu-img.
-    nix::fcntl::fcntl(
-        FD,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )
-    .map_err(|e| format!("Cannot set FD_CLOEXEC on fd 3: {e}"))?;
     // SAFETY: the fd is a listening Unix stream socket passed to this process; ownership is
     // taken exactly once (the variables that named it are gone).
     let l = unsafe { StdUnixListener::from_raw_fd(FD) };
@@ -221,65 +208,34 @@ pub fn socket_path(l: &StdUnixListener) -> String {
         .unwrap_or_else(|| format!("fd {}", l.as_raw_fd()))
 }
 
-/// systemd notifications (`sd_notify(3)`): READY, STOPPING, STATUS and watchdog pings.
-///
-/// Built once at start-up from `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`, which are
-/// then removed from the environment. Without `NOTIFY_SOCKET` every call is a no-op.
+/// systemd notifications (`sd_notify(3)`) through the `sd-notify` crate: READY, STOPPING,
+/// STATUS and watchdog pings. Without `NOTIFY_SOCKET` every call is a no-op.
 #[derive(Debug)]
 pub struct Notifier {
-    sock: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
+    enabled: bool,
     watchdog: Option<Duration>,
 }
 
 impl Notifier {
-    /// Reads and clears the notification variables. Call before starting any thread.
+    /// Reads the notification variables (left in place: the crate reads `NOTIFY_SOCKET` at
+    /// each call, and our only child, qemu-img, ignores it).
     pub fn from_env() -> Notifier {
-        let path = std::env::var_os("NOTIFY_SOCKET");
-        let usec = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|u| u.parse::<u64>().ok());
-        let wd_pid = std::env::var("WATCHDOG_PID")
-            .ok()
-            .and_then(|p| p.parse::<u32>().ok());
-        for v in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
-            clear_var(v);
-        }
-        let sock = path.and_then(|p| Self::connect(&p));
-        // WATCHDOG_PID may be absent (older managers): then the variable is ours.
-        let watchdog = match (usec, wd_pid) {
-            (Some(u), Some(pid)) if u > 0 && pid == std::process::id() => Some(u),
-            (Some(u), None) if u > 0 => Some(u),
-            _ => None,
-        }
-        .filter(|_| sock.is_some())
-        .map(|u| Duration::from_micros(u / 2));
-        Notifier { sock, watchdog }
-    }
-
-    fn connect(path: &std::ffi::OsStr) -> Option<(UnixDatagram, std::os::unix::net::SocketAddr)> {
-        use std::os::unix::ffi::OsStrExt;
-        let bytes = path.as_bytes();
-        let addr = match bytes.first() {
-            Some(b'/') => std::os::unix::net::SocketAddr::from_pathname(Path::new(path)).ok()?,
-            Some(b'@') => {
-                use std::os::linux::net::SocketAddrExt;
-                std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..]).ok()?
-            }
-            _ => return None,
-        };
-        let sock = UnixDatagram::unbound().ok()?;
-        Some((sock, addr))
+        let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
+        let mut usec = 0;
+        // watchdog_enabled checks WATCHDOG_PID against our pid.
+        let watchdog = (enabled && sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
+            .then(|| Duration::from_micros(usec / 2));
+        Notifier { enabled, watchdog }
     }
 
     /// Whether a service manager listens.
     pub fn enabled(&self) -> bool {
-        self.sock.is_some()
+        self.enabled
     }
 
-    /// Sends newline-separated `KEY=VALUE` assignments. Failures are logged, never fatal.
-    pub fn send(&self, msg: &str) {
-        if let Some((sock, addr)) = &self.sock {
-            if let Err(e) = sock.send_to_addr(msg.as_bytes(), addr) {
+    fn send(&self, state: &[sd_notify::NotifyState<'_>]) {
+        if self.enabled {
+            if let Err(e) = sd_notify::notify(false, state) {
                 tracing::warn!(error = %e, "sd_notify failed");
             }
         }
@@ -287,20 +243,19 @@ impl Notifier {
 
     /// `READY=1` with a status line. Send only once the control socket is listening.
     pub fn ready(&self, status: &str) {
-        self.send(&format!(
-            "READY=1\nSTATUS={status}\nMAINPID={}\n",
-            std::process::id()
-        ));
+        use sd_notify::NotifyState as N;
+        self.send(&[N::Ready, N::Status(status), N::MainPid(std::process::id())]);
     }
 
     /// `STOPPING=1`.
     pub fn stopping(&self) {
-        self.send("STOPPING=1\nSTATUS=stopping\n");
+        use sd_notify::NotifyState as N;
+        self.send(&[N::Stopping, N::Status("stopping")]);
     }
 
     /// `WATCHDOG=1`.
     pub fn watchdog(&self) {
-        self.send("WATCHDOG=1\n");
+        self.send(&[sd_notify::NotifyState::Watchdog]);
     }
 
     /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, when the manager asked for

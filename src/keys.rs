@@ -93,8 +93,8 @@ impl Key32 {
         let b = Box::new([0u8; 32]);
         // mlock keeps the key out of swap; it fails without CAP_IPC_LOCK or RLIMIT_MEMLOCK
         // room, which is allowed ("where allowed"), so the error is ignored.
-        // SAFETY: the pointer and length describe the boxed array, which outlives the lock
-        // (Drop unlocks it before the box is freed).
+        // SAFETY: the pointer and length describe the boxed array; mlock only pins the pages
+        // that hold it and keeps no reference to the memory.
         let _ = unsafe {
             nix::sys::mman::mlock(
                 std::ptr::NonNull::new_unchecked(b.as_ptr() as *mut libc::c_void),
@@ -137,13 +137,8 @@ impl Key32 {
 impl Drop for Key32 {
     fn drop(&mut self) {
         self.0.zeroize();
-        // SAFETY: same region that was locked in `zeroed`; unlocking an unlocked page is harmless.
-        let _ = unsafe {
-            nix::sys::mman::munlock(
-                std::ptr::NonNull::new_unchecked(self.0.as_ptr() as *mut libc::c_void),
-                32,
-            )
-        };
+        // No munlock: mlock is per page and not counted, and another key may share this
+        // page. The page stays locked until the allocator returns it, which is harmless.
     }
 }
 

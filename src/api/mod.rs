@@ -95,6 +95,9 @@ pub fn bind(cfg: &Config) -> Result<(UnixListener, SocketLock), BindError> {
     .map_err(io(path))?;
     if !cfg.daemon.socket_group.is_empty() {
         match nix::unistd::Group::from_name(&cfg.daemon.socket_group) {
+            // Skipped when the group already matches: under the unit's system-call filter a
+            // chown may be refused even when it would change nothing.
+            Ok(Some(g)) if nix::unistd::getegid() == g.gid => {}
             Ok(Some(g)) => nix::unistd::chown(path, None, Some(g.gid))
                 .map_err(|e| io(path)(std::io::Error::from(e)))?,
             _ => {

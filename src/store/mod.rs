@@ -770,8 +770,9 @@ impl Store {
     }
 }
 
-/// The journal MESSAGE_ID of audit entries, so operators can select them
-/// (`journalctl MESSAGE_ID=...`).
+/// The journal MESSAGE_ID of audit entries (one per audit row), so operators can select them
+/// with `journalctl MESSAGE_ID=5d1e8a4f0b2c4e6f9a7d3c1b2e4f6a80`. A fixed random 128-bit id,
+/// as systemd's catalog expects; never change it.
 pub const AUDIT_MESSAGE_ID: &str = "5d1e8a4f0b2c4e6f9a7d3c1b2e4f6a80";
 
 /// Mirrors a committed audit row into the log; under journald the fields become journal
