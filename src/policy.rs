@@ -307,11 +307,10 @@ fn vm_action(p: &Principal, a: VmAction, vm: &VmFacts) -> Decision {
     use VmAction::*;
     match (a, role) {
         (View | Members | Start | Stop | Keepalive, _) => Allow,
-        (Update | Delete | Attach | SeeDrives, Role::Owner) => Allow,
-        (Detach, Role::Owner) => Allow,
-        // To a user, the VM's drives do not exist.
-        (Detach, Role::User) => Deny(Denial::Hidden(Hidden::Drive)),
-        (Update | Delete | Attach | SeeDrives, Role::User) => Deny(Denial::OwnerRequired),
+        (Update | Delete | Attach | Detach | SeeDrives, Role::Owner) => Allow,
+        // To a user, every drive operation answers as if the drive did not exist.
+        (Attach | Detach, Role::User) => Deny(Denial::Hidden(Hidden::Drive)),
+        (Update | Delete | SeeDrives, Role::User) => Deny(Denial::OwnerRequired),
     }
 }
 
@@ -593,7 +592,7 @@ mod tests {
             (
                 "attach drive",
                 |v, _, _| Action::Vm(VmAction::Attach, v.clone()),
-                ["403r", "ok", "403o", "404", "404", "404", "403u"],
+                ["403r", "ok", "404", "404", "404", "404", "403u"],
             ),
             (
                 "detach drive",

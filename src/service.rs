@@ -346,6 +346,10 @@ pub struct Service {
     users_cache: Mutex<Option<(u64, UserMap)>>,
     /// Foreign domains already reported, so the periodic reconcile warns once per domain.
     reported: Mutex<std::collections::HashSet<String>>,
+    /// Per-project key use: launches, attaches and drive creation read K (shared); a re-key
+    /// replaces it and every wrapped passphrase (exclusive), so none of them sees a half-done
+    /// re-key.
+    project_locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::RwLock<()>>>>,
     /// Idle clocks of running VMs, fed by `idle_sweep`.
     idle: Mutex<idle::Tracker>,
     /// Idle shutdowns since start, for /metrics.
@@ -385,6 +389,7 @@ impl Service {
             users_cache: Mutex::new(None),
             reported: Mutex::new(std::collections::HashSet::new()),
             idle: Mutex::new(idle::Tracker::new()),
+            project_locks: Mutex::new(HashMap::new()),
             idle_shutdowns: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -476,6 +481,15 @@ impl Service {
         Ok(blocking(move || f(&*hv)).await??)
     }
 
+    fn project_lock(&self, p: &ProjectName) -> Arc<tokio::sync::RwLock<()>> {
+        self.project_locks
+            .lock()
+            .unwrap()
+            .entry(p.clone())
+            .or_default()
+            .clone()
+    }
+
     fn vm_lock(&self, id: VmId) -> Arc<tokio::sync::Mutex<()>> {
         self.vm_locks.lock().unwrap().entry(id).or_default().clone()
     }
@@ -508,10 +522,19 @@ impl Service {
                 }
                 u
             }
-            _ => peer,
+            _ => peer.clone(),
         };
         let user = self.user_snapshot().await?.get(&name).cloned();
-        let cfg_admin = self.cfg.access.admins.iter().any(|a| a == name.as_str());
+        let acting = name != peer;
+        if acting && user.is_none() {
+            // Orchestrators act for registered users only; a config admin name does not
+            // make an unregistered principal an admin through the header.
+            return Err(ServiceError::Denied(DenialMsg {
+                denial: Denial::Unregistered,
+                message: format!("{name} is not a registered vmwarden user"),
+            }));
+        }
+        let cfg_admin = !acting && self.cfg.access.admins.iter().any(|a| a == name.as_str());
         Ok(Principal {
             admin: cfg_admin || user.as_ref().is_some_and(|u| u.admin),
             team: user.map(|u| u.team),
@@ -595,6 +618,14 @@ impl Service {
     /// Registers or updates a user; idempotent.
     pub async fn put_user(&self, p: &Principal, user: User) -> Result<Changed<User>> {
         self.check(p, &Action::Admin(AdminAction::ManageUsers), "")?;
+        let n = user.name.clone();
+        let old = self.db(move |s| s.user(&n)).await?;
+        if old.is_some_and(|o| o.team != user.team) {
+            // Roles were granted inside the old team; moving the user would carry them
+            // across teams (sharing never crosses teams).
+            self.refuse_if_holding(&user.name, "change the team of")
+                .await?;
+        }
         let actor = p.clone();
         let u = user.clone();
         let change = self
@@ -614,6 +645,8 @@ impl Service {
     /// Removes a user; idempotent.
     pub async fn delete_user(&self, p: &Principal, name: UserName) -> Result<Change> {
         self.check(p, &Action::Admin(AdminAction::ManageUsers), "")?;
+        // A deleted owner could leave VMs and drives nobody may manage.
+        self.refuse_if_holding(&name, "delete").await?;
         let actor = p.clone();
         self.db(move |s| {
             s.delete_user(
@@ -622,6 +655,20 @@ impl Service {
             )
         })
         .await
+    }
+
+    async fn refuse_if_holding(&self, name: &UserName, what: &str) -> Result<()> {
+        let n = name.clone();
+        let held = self.db(move |s| s.holdings(&n)).await?;
+        if held > 0 {
+            return Err(ServiceError::Conflict {
+                code: "user_has_roles",
+                message: format!(
+                    "Cannot {what} user {name}: they hold {held} VM roles or drives; unshare and hand them over first"
+                ),
+            });
+        }
+        Ok(())
     }
 
     // ----- projects and keys -----
@@ -694,9 +741,10 @@ impl Service {
         self.check(p, &Action::Admin(AdminAction::ManageMembers), "")?;
         let pr = project.clone();
         if self.db(move |s| s.project(&pr)).await?.is_none() {
-            return Err(ServiceError::NotFound(format!(
-                "Project {project} not found"
-            )));
+            return Err(deny(
+                Denial::Hidden(policy::Hidden::Project),
+                project.as_str(),
+            ));
         }
         let u = user.clone();
         if present && self.db(move |s| s.user(&u)).await?.is_none() {
@@ -727,9 +775,10 @@ impl Service {
         let row = self.db(move |s| s.project(&pr)).await?;
         match row {
             Some(r) if p.admin || r.members.contains(&p.name) => Ok(r),
-            _ => Err(ServiceError::NotFound(format!(
-                "Project {project} not found"
-            ))),
+            _ => Err(deny(
+                Denial::Hidden(policy::Hidden::Project),
+                project.as_str(),
+            )),
         }
     }
 
@@ -751,9 +800,10 @@ impl Service {
             Err(e) => {
                 // Unknown projects answer 404 before a malformed share is judged.
                 if row.is_none() || !(p.admin || member) {
-                    return Err(ServiceError::NotFound(format!(
-                        "Project {project} not found"
-                    )));
+                    return Err(deny(
+                        Denial::Hidden(policy::Hidden::Project),
+                        project.as_str(),
+                    ));
                 }
                 return Err(ServiceError::Share(e));
             }
@@ -767,9 +817,10 @@ impl Service {
             project.as_str(),
         )?;
         let Some(row) = row else {
-            return Err(ServiceError::NotFound(format!(
-                "Project {project} not found"
-            )));
+            return Err(deny(
+                Denial::Hidden(policy::Hidden::Project),
+                project.as_str(),
+            ));
         };
         let who = Submitter {
             name: p.name.clone(),
@@ -864,6 +915,8 @@ impl Service {
     /// drive passphrase is re-wrapped in the same transaction, so the old pair opens nothing.
     pub async fn resplit(&self, p: &Principal, project: ProjectName) -> Result<CreatedProject> {
         self.check(p, &Action::Admin(AdminAction::CreateProject), "")?;
+        let plock = self.project_lock(&project);
+        let _excl = plock.write().await;
         let row = self.project_row(p, &project).await?;
         let now = Instant::now();
         let old = self
@@ -933,6 +986,8 @@ impl Service {
                 "size_mib must be between 1 and {MAX_DRIVE_MIB}"
             )));
         }
+        let plock = self.project_lock(&project);
+        let _shared = plock.read().await;
         let id = DriveId::new_random();
         let passphrase = keys::new_passphrase();
         let wrapped = self
@@ -1037,7 +1092,14 @@ impl Service {
                 id,
             )
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            ServiceError::Store(StoreError::Exists(_)) => ServiceError::Conflict {
+                code: "drive_attached",
+                message: format!("Drive {id} was attached meanwhile; detach it first"),
+            },
+            e => e,
+        })?;
         let path = self.drive_path(id);
         blocking(move || image::remove_image(&path)).await??;
         Ok(())
@@ -1061,9 +1123,25 @@ impl Service {
     }
 
     async fn vm_checked(&self, p: &Principal, id: VmId, a: VmAction) -> Result<Vm> {
+        self.vm_checked_for(p, id, a, None).await
+    }
+
+    /// As `vm_checked`, for drive operations: a hidden drive is named by its own id.
+    async fn vm_checked_for(
+        &self,
+        p: &Principal,
+        id: VmId,
+        a: VmAction,
+        drive: Option<DriveId>,
+    ) -> Result<Vm> {
         let (vm, facts) = self.vm_facts(p, id).await?;
-        self.check(p, &Action::Vm(a, facts), &id.to_string())?;
-        Ok(vm)
+        match policy::decide(p, &Action::Vm(a, facts)) {
+            Decision::Allow => Ok(vm),
+            Decision::Deny(d @ Denial::Hidden(policy::Hidden::Drive)) => {
+                Err(deny(d, &drive.map(|d| d.to_string()).unwrap_or_default()))
+            }
+            Decision::Deny(d) => Err(deny(d, &id.to_string())),
+        }
     }
 
     async fn view(&self, p: &Principal, vm: Vm) -> Result<VmView> {
@@ -1450,7 +1528,7 @@ impl Service {
         let vm = self
             .db(move |s| s.vm(id))
             .await?
-            .ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
+            .ok_or_else(|| deny(Denial::Hidden(policy::Hidden::Vm), &id.to_string()))?;
         Ok(Changed {
             change,
             object: Members {
@@ -1529,7 +1607,7 @@ impl Service {
         let vm = self
             .db(move |s| s.vm(id))
             .await?
-            .ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
+            .ok_or_else(|| deny(Denial::Hidden(policy::Hidden::Vm), &id.to_string()))?;
         Ok(Changed {
             change,
             object: Members {
@@ -1594,7 +1672,7 @@ impl Service {
         let vm = self
             .db(move |s| s.vm(id))
             .await?
-            .ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
+            .ok_or_else(|| deny(Denial::Hidden(policy::Hidden::Vm), &id.to_string()))?;
         self.emit(
             "vm.state",
             Some(&vm),
@@ -1623,6 +1701,8 @@ impl Service {
                 drives.push(row);
             }
         }
+        let plock = self.project_lock(&vm.project);
+        let _shared = plock.read().await;
         let disks = self.unwrap_disks(vm, drives)?;
         let logs = self.cfg.logs_dir();
         let spec = DomainSpec {
@@ -1770,7 +1850,9 @@ impl Service {
     pub async fn attach(&self, p: &Principal, id: VmId, drive: DriveId) -> Result<Changed<VmView>> {
         let lock = self.vm_lock(id);
         let _g = lock.lock().await;
-        let vm = self.vm_checked(p, id, VmAction::Attach).await?;
+        let vm = self
+            .vm_checked_for(p, id, VmAction::Attach, Some(drive))
+            .await?;
         let (d, wrapped) = self.drive_for(p, drive).await?;
         self.drive_fits(&d, &vm.project, Some(id))?;
         if d.attached_to == Some(id) {
@@ -1779,6 +1861,8 @@ impl Service {
                 object: self.view(p, vm).await?,
             });
         }
+        let plock = self.project_lock(&vm.project);
+        let _shared = plock.read().await;
         if self.hv(move |h| h.is_running(id)).await? {
             let disks = self.unwrap_disks(&vm, vec![(d.clone(), wrapped)])?;
             let disk = disks.into_iter().next().expect("one disk");
@@ -1815,8 +1899,17 @@ impl Service {
     pub async fn detach(&self, p: &Principal, id: VmId, drive: DriveId) -> Result<Changed<VmView>> {
         let lock = self.vm_lock(id);
         let _g = lock.lock().await;
-        let vm = self.vm_checked(p, id, VmAction::Detach).await?;
+        let vm = self
+            .vm_checked_for(p, id, VmAction::Detach, Some(drive))
+            .await?;
         let (d, _) = self.drive_for(p, drive).await?;
+        if d.attached_to.is_none() {
+            // Already detached (a repeated DELETE): nothing to do.
+            return Ok(Changed {
+                change: Change::Unchanged,
+                object: self.view(p, vm).await?,
+            });
+        }
         if d.attached_to != Some(id) {
             return Err(ServiceError::NotFound(format!(
                 "Drive {drive} is not attached to VM {id}"
@@ -1878,7 +1971,7 @@ impl Service {
         let vm = self
             .db(move |s| s.vm(id))
             .await?
-            .ok_or(ServiceError::NotFound(format!("VM {id} not found")))?;
+            .ok_or_else(|| deny(Denial::Hidden(policy::Hidden::Vm), &id.to_string()))?;
         self.stop_inner(p, vm, force, "admin").await
     }
 

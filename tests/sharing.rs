@@ -64,11 +64,20 @@ fn user_launches_a_shared_vm_which_boots_from_its_encrypted_drive() {
             &w.drive,
             &boot_sector("SHARED-BOOT", false),
         );
-        // Before the share bob cannot see the VM; right after it he can (no re-login).
+        // Before the share bob cannot see the VM; right after it he can (no re-login), also in
+        // the list he fetched before (which the daemon caches until the store changes).
         assert_eq!(
             w.c.get(&format!("/v1/vms/{}", w.vm), "bob").await.status,
             404
         );
+        assert!(w
+            .c
+            .get("/v1/vms", "bob")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty());
         assert_eq!(
             share(&w.c, "alice", &w.vm, "bob", "user", false)
                 .await
@@ -87,6 +96,7 @@ fn user_launches_a_shared_vm_which_boots_from_its_encrypted_drive() {
             .await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(!raw_has(&r, &w.drive));
+        assert_eq!(w.c.get("/v1/vms", "bob").await.body[0]["state"], "running");
         assert!(wait_for_file_containing(
             &serial_log(&w.d, &w.vm),
             "SHARED-BOOT",
@@ -118,6 +128,23 @@ fn user_cannot_see_or_touch_its_drives() {
             &c.get(&format!("/v1/vms/{vm}"), "alice").await,
             drv
         ));
+        // Drive history on the VM: the audit log holds drive.detach and drive.attach rows.
+        for m in ["DELETE", "PUT"] {
+            let r = c
+                .req(
+                    m,
+                    &format!("/v1/vms/{vm}/drives/{drv}"),
+                    Some("alice"),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        let all = c.get(&format!("/v1/audit?vm={vm}"), "alice").await;
+        assert!(
+            raw_has(&all, drv),
+            "the owner's audit view shows the drive rows"
+        );
         for path in [
             format!("/v1/vms/{vm}"),
             "/v1/vms".into(),
@@ -162,7 +189,7 @@ fn user_cannot_see_or_touch_its_drives() {
                 None,
             )
             .await;
-        assert_eq!(r.status, 403);
+        assert_eq!((r.status, r.code()), (404, "drive_not_found"));
         // Nor can bob put the drive into a VM of his own.
         let mine = vm_of(c, "bob", "mine").await;
         let r = c

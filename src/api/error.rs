@@ -113,6 +113,7 @@ pub fn status_and_code(e: &ApiError) -> (StatusCode, &'static str) {
             ServiceError::Store(crate::store::StoreError::Exists(_)) => {
                 (S::CONFLICT, "already_exists")
             }
+            ServiceError::Store(crate::store::StoreError::NotFound) => (S::NOT_FOUND, "not_found"),
             ServiceError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store_error"),
             ServiceError::Task => (S::INTERNAL_SERVER_ERROR, "internal"),
         },
@@ -277,6 +278,11 @@ mod tests {
             ),
             (
                 svc(ServiceError::Store(crate::store::StoreError::NotFound)),
+                404,
+                "not_found",
+            ),
+            (
+                svc(ServiceError::Store(crate::store::StoreError::TooNew(2, 1))),
                 500,
                 "store_error",
             ),

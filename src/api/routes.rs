@@ -809,10 +809,11 @@ async fn events(st: &State, p: crate::policy::Principal) -> Result<Response<ApiB
             if !visible(&svc, &p, &ev).await {
                 continue;
             }
-            let mut ev = ev;
+            // Drive events go to the drive's owners only: to a user of the VM, its drives
+            // do not exist.
             if let Some(d) = ev.drive {
                 if svc.drive(&p, d).await.is_err() {
-                    ev.drive = None;
+                    continue;
                 }
             }
             // A reader that lets its buffer fill up is dropped; the last free slot carries

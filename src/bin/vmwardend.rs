@@ -53,9 +53,37 @@ async fn run(
     }
     let store = Arc::new(store::Store::open(&cfg.db_path()).context("Cannot open the store")?);
     let hv = Arc::new(Libvirt::new(&cfg.libvirt.uri, cfg.libvirt.domain_type));
+    // A launch that died between defining and undefining its ephemeral secret (daemon killed)
+    // leaves the passphrase in libvirtd. Nothing of ours runs yet, so remove any now; a hung
+    // libvirtd gets two seconds, not the start-up.
+    let purge = hv.clone();
+    let drives: std::collections::HashSet<String> = store
+        .drives()
+        .context("Cannot read the store")?
+        .into_iter()
+        .map(|d| d.id.to_string())
+        .collect();
+    let purged = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::task::spawn_blocking(move || {
+            purge.purge_our_secrets(|desc| {
+                desc.rsplit(' ')
+                    .next()
+                    .is_some_and(|id| drives.contains(id))
+            })
+        }),
+    )
+    .await;
+    match purged {
+        Ok(Ok(Ok(n))) if n > 0 => tracing::warn!(secrets = n, "removed leftover libvirt secrets"),
+        Ok(Ok(Ok(_))) => {}
+        other => tracing::debug!(
+            ?other,
+            "leftover secrets not checked (libvirtd unavailable)"
+        ),
+    }
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    vmwarden::hypervisor::Hypervisor::set_event_sink(&*hv, events_tx);
-    let svc = Arc::new(Service::new(cfg.clone(), store, hv));
+    let svc = Arc::new(Service::new(cfg.clone(), store, hv.clone()));
     let (listener, _lock, socket) = match passed {
         Some(l) => {
             let path = daemon::socket_path(&l);
@@ -70,6 +98,11 @@ async fn run(
     // The store is open and the socket listens (connections queue in its backlog until
     // `serve` accepts them): from here on a request is answered.
     notifier.ready(&format!("listening on {socket}"));
+    // Registering for events opens the libvirt connection, which may block while libvirtd
+    // is hung: off the reactor, after READY.
+    tokio::task::spawn_blocking(move || {
+        vmwarden::hypervisor::Hypervisor::set_event_sink(&*hv, events_tx)
+    });
 
     // libvirt lifecycle events keep VM states current; reconciling at start-up, after each
     // reconnection (a Reconnected event) and once a minute covers anything an event missed.

@@ -918,10 +918,17 @@ impl Libvirt {
     /// Undefines every secret vmwarden defined that still exists, and returns how many.
     /// For start-up, when no launch or attach can be in flight: secrets outlive a call only
     /// when the connection died under it.
-    pub fn purge_our_secrets(&self) -> Result<usize, HypervisorError> {
+    ///
+    /// `mine` gets each secret's description (`vmwarden drive <id>`) and says whether this
+    /// daemon owns it: several daemons may share one libvirtd (tests do), and another one's
+    /// launch in flight must keep its secret.
+    pub fn purge_our_secrets(&self, mine: impl Fn(&str) -> bool) -> Result<usize, HypervisorError> {
         let conn = self.connection()?;
         let mut n = 0;
-        for (uuid, secret) in self.our_secret_handles(&conn)? {
+        for (uuid, secret, desc) in self.our_secret_handles(&conn)? {
+            if !mine(&desc) {
+                continue;
+            }
             match secret.undefine() {
                 Ok(()) => n += 1,
                 Err(e) if code_is(&e, ErrorNumber::NoSecret) => {}
@@ -932,7 +939,10 @@ impl Libvirt {
         Ok(n)
     }
 
-    fn our_secret_handles(&self, conn: &Connect) -> Result<Vec<(String, Secret)>, HypervisorError> {
+    fn our_secret_handles(
+        &self,
+        conn: &Connect,
+    ) -> Result<Vec<(String, Secret, String)>, HypervisorError> {
         let all = conn
             .list_all_secrets(0)
             .map_err(|e| self.error(conn, "Listing secrets failed", e))?;
@@ -944,11 +954,11 @@ impl Libvirt {
                 Err(e) if code_is(&e, ErrorNumber::NoSecret) => continue,
                 Err(e) => return Err(self.error(conn, "Reading a secret failed", e)),
             };
-            if desc.as_deref().is_some_and(xml::is_our_secret_description) {
+            if let Some(desc) = desc.filter(|d| xml::is_our_secret_description(d)) {
                 let uuid = secret
                     .uuid_string()
                     .map_err(|e| self.error(conn, "Reading a secret failed", e))?;
-                ours.push((uuid, secret));
+                ours.push((uuid, secret, desc));
             }
         }
         Ok(ours)
@@ -1213,7 +1223,7 @@ impl Hypervisor for Libvirt {
         Ok(self
             .our_secret_handles(&conn)?
             .into_iter()
-            .map(|(uuid, _)| uuid)
+            .map(|(uuid, _, _)| uuid)
             .collect())
     }
 

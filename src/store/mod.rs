@@ -345,6 +345,16 @@ impl Store {
         })
     }
 
+    /// VM roles plus drive ownerships a user holds.
+    pub fn holdings(&self, name: &UserName) -> Result<i64, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        Ok(conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM vm_roles WHERE user = ?1) + (SELECT COUNT(*) FROM drive_owners WHERE user = ?1)",
+            [name.as_str()],
+            |r| r.get(0),
+        )?)
+    }
+
     /// One user.
     pub fn user(&self, name: &UserName) -> Result<Option<User>, StoreError> {
         let conn = self.conn.lock().unwrap();
@@ -471,11 +481,26 @@ impl Store {
                 "UPDATE projects SET verifier = ?2 WHERE name = ?1",
                 params![project.as_str(), verifier],
             )?;
+            // Every drive of the project must be re-wrapped in this same transaction, or a
+            // drive would stay wrapped under a key nobody can rebuild any more.
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM drives WHERE project = ?1",
+                [project.as_str()],
+                |r| r.get(0),
+            )?;
+            if count != rewrapped.len() as i64 {
+                return Err(StoreError::Exists(format!(
+                    "A drive created in project {project} during the re-key"
+                )));
+            }
             for (id, w) in rewrapped {
-                tx.execute(
-                    "UPDATE drives SET wrapped = ?2 WHERE id = ?1",
-                    params![id.to_string(), w],
+                let n = tx.execute(
+                    "UPDATE drives SET wrapped = ?2 WHERE id = ?1 AND project = ?3",
+                    params![id.to_string(), w, project.as_str()],
                 )?;
+                if n != 1 {
+                    return Err(StoreError::NotFound);
+                }
             }
             Ok(())
         })
@@ -672,9 +697,17 @@ impl Store {
     }
 
     /// Deletes a detached drive's row.
+    /// Deletes a drive's row only if it is still detached (checked in the same statement,
+    /// so a concurrent attach wins and the image stays).
     pub fn delete_drive(&self, a: &AuditCtx<'_>, id: DriveId) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
-            tx.execute("DELETE FROM drives WHERE id = ?1", [id.to_string()])?;
+            let n = tx.execute(
+                "DELETE FROM drives WHERE id = ?1 AND attached_to IS NULL",
+                [id.to_string()],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Exists(format!("Attachment of drive {id}")));
+            }
             Ok(())
         })
     }
