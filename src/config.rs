@@ -1,7 +1,7 @@
 //! TOML configuration (`/etc/vmwarden/config.toml`): every key has a default, unknown keys
 //! are refused, and every error names the key, the line and the column.
 
-use crate::hypervisor::DomainType;
+use crate::model::DomainType;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -458,53 +458,7 @@ fn find_key(text: &str, section: &str, key: &str) -> Option<usize> {
     None
 }
 
-/// Parses durations such as "10m", "2h", "500ms", "1h 30m".
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("Bad duration {s:?}: {e}"))
-}
-
-/// Formats a duration the way the config writes it.
-pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-/// serde adapter for required durations.
-pub mod duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    /// Writes "10m".
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_duration(*d))
-    }
-
-    /// Reads "10m".
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// serde adapter for optional durations.
-pub mod opt_duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    /// Writes "10m" or nothing.
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&super::format_duration(*d)),
-            None => s.serialize_none(),
-        }
-    }
-
-    /// Reads "10m".
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s = Option::<String>::deserialize(d)?;
-        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
+pub use crate::model::{duration, format_duration, opt_duration, parse_duration};
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,6 @@
 //! period); idle for `after`, it is shut down. Any active sample or a keepalive restarts the
 //! clock. Times are `tokio::time::Instant`, so tests drive them with a paused clock.
 
-use crate::config::IdleConfig;
 use crate::model::{IdlePolicy, VmId};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,14 +27,14 @@ pub struct Effective {
 }
 
 impl Effective {
-    /// Combines the host config and a VM's overrides.
-    pub fn of(host: &IdleConfig, vm: &IdlePolicy) -> Self {
+    /// The host defaults with a VM's overrides applied (the VM cannot enable what the host
+    /// disabled).
+    pub fn with(self, vm: &IdlePolicy) -> Self {
         Self {
-            enabled: host.enabled && vm.enabled.unwrap_or(true),
-            after: vm.after.unwrap_or(host.after),
-            warn_before: host.warn_before,
-            cpu_percent: vm.cpu_percent.unwrap_or(host.cpu_percent),
-            io_bytes_per_sec: host.io_kib_per_sec * 1024.0,
+            enabled: self.enabled && vm.enabled.unwrap_or(true),
+            after: vm.after.unwrap_or(self.after),
+            cpu_percent: vm.cpu_percent.unwrap_or(self.cpu_percent),
+            ..self
         }
     }
 }
@@ -336,22 +335,34 @@ mod tests {
 
     #[test]
     fn effective_policy_combines_host_and_vm() {
-        let host = IdleConfig::default();
         let vm = IdlePolicy {
             enabled: None,
             after: Some(Duration::from_secs(60)),
             cpu_percent: Some(1.0),
         };
-        let e = Effective::of(&host, &vm);
+        let e = policy().with(&vm);
         assert_eq!(
             (e.enabled, e.after, e.cpu_percent),
             (true, Duration::from_secs(60), 1.0)
         );
-        let off = IdleConfig {
+        assert_eq!(e.warn_before, policy().warn_before);
+        let off = Effective {
             enabled: false,
-            ..IdleConfig::default()
+            ..policy()
         };
-        assert!(!Effective::of(&off, &IdlePolicy::default()).enabled);
+        let on = IdlePolicy {
+            enabled: Some(true),
+            ..IdlePolicy::default()
+        };
+        assert!(
+            !off.with(&on).enabled,
+            "a VM cannot enable what the host disabled"
+        );
+        let vm_off = IdlePolicy {
+            enabled: Some(false),
+            ..IdlePolicy::default()
+        };
+        assert!(!policy().with(&vm_off).enabled);
     }
 
     #[tokio::test(start_paused = true)]

@@ -221,7 +221,7 @@ pub struct IdlePolicy {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "crate::config::opt_duration"
+        with = "opt_duration"
     )]
     pub after: Option<Duration>,
     /// CPU use (percent of one vCPU-second per second, summed over vCPUs) under which the VM counts as idle.
@@ -299,6 +299,54 @@ pub struct Drive {
     pub attached_to: Option<VmId>,
 }
 
+/// Parses durations such as "10m", "2h", "500ms", "1h 30m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("Bad duration {s:?}: {e}"))
+}
+
+/// Formats a duration the way the config writes it.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// serde adapter for required durations.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes "10m".
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    /// Reads "10m".
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// serde adapter for optional durations.
+pub mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes "10m" or nothing.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads "10m".
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,4 +395,17 @@ impl fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[REDACTED]")
     }
+}
+
+/// libvirt domain type (`[libvirt] domain_type`): kept here, with the plain data, because
+/// the config names it and the hypervisor resolves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainType {
+    /// `kvm` when usable, else `qemu`.
+    Auto,
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's TCG emulation.
+    Qemu,
 }

@@ -7,18 +7,24 @@
 //! pool. Mutations write their audit row in the same transaction as the change.
 
 use crate::config::Config;
-use crate::hypervisor::{image, DiskSpec, DomainSpec, Hypervisor, HypervisorError, LifecycleEvent};
+use crate::hypervisor::{image, DiskSpec, DomainSpec, Hypervisor, LifecycleEvent};
 use crate::idle;
-use crate::keys::{self, KeyError, Keyring, LockStatus, Submitter, UnlockOutcome};
+use crate::keys::{self, Keyring, Submitter, UnlockOutcome};
 use crate::model::{
     Drive, DriveId, DriveName, IdlePolicy, ProjectName, Role, SecretBytes, TeamName, User,
     UserName, Vm, VmId, VmName, VmState,
 };
 use crate::policy::{
-    self, Action, AdminAction, Decision, Denial, DriveFacts, Principal, ShareHalf, TargetFacts,
-    VmAction, VmFacts,
+    self, Action, AdminAction, Decision, DriveFacts, ShareHalf, TargetFacts, VmAction, VmFacts,
 };
-use crate::store::{AuditCtx, AuditEntry, AuditFilter, Change, Store, StoreError};
+use crate::store::{AuditCtx, Store};
+
+// What the API needs from the layers below, re-exported so that `api` depends on `service`
+// alone: the error types its one status mapping looks into, and the principal and filters.
+pub use crate::hypervisor::HypervisorError;
+pub use crate::keys::{KeyError, LockStatus};
+pub use crate::policy::{Denial, Hidden, Principal};
+pub use crate::store::{AuditEntry, AuditFilter, Change, StoreError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -983,7 +989,7 @@ impl Service {
         self.project_row(p, &project).await?;
         if size_mib == 0 || size_mib > MAX_DRIVE_MIB {
             return Err(ServiceError::Invalid(format!(
-                "size_mib must be between 1 and {MAX_DRIVE_MIB}"
+                "Field size_mib must be between 1 and {MAX_DRIVE_MIB}"
             )));
         }
         let plock = self.project_lock(&project);
@@ -1174,8 +1180,20 @@ impl Service {
         })
     }
 
+    /// The host's idle defaults from `[idle]`.
+    fn idle_host(&self) -> idle::Effective {
+        let c = &self.cfg.idle;
+        idle::Effective {
+            enabled: c.enabled,
+            after: c.after,
+            warn_before: c.warn_before,
+            cpu_percent: c.cpu_percent,
+            io_bytes_per_sec: c.io_kib_per_sec * 1024.0,
+        }
+    }
+
     fn idle_status(&self, vm: &Vm) -> IdleStatus {
-        let eff = idle::Effective::of(&self.cfg.idle, &vm.idle);
+        let eff = self.idle_host().with(&vm.idle);
         let at = self.idle.lock().unwrap().status(vm.id, &eff);
         let now = tokio::time::Instant::now();
         let wall = |t: tokio::time::Instant| {
@@ -1197,12 +1215,12 @@ impl Service {
     fn check_size(vcpus: u32, memory_mib: u64) -> Result<()> {
         if vcpus == 0 || vcpus > MAX_VCPUS {
             return Err(ServiceError::Invalid(format!(
-                "vcpus must be between 1 and {MAX_VCPUS}"
+                "Field vcpus must be between 1 and {MAX_VCPUS}"
             )));
         }
         if !(16..=MAX_MEMORY_MIB).contains(&memory_mib) {
             return Err(ServiceError::Invalid(format!(
-                "memory_mib must be between 16 and {MAX_MEMORY_MIB}"
+                "Field memory_mib must be between 16 and {MAX_MEMORY_MIB}"
             )));
         }
         Ok(())
@@ -1212,7 +1230,7 @@ impl Service {
         if let Some(after) = idle.after {
             if after > self.cfg.idle.max_after || after.is_zero() {
                 return Err(ServiceError::Invalid(format!(
-                    "idle.after must be longer than zero and at most {}",
+                    "Field idle.after must be longer than zero and at most {}",
                     crate::config::format_duration(self.cfg.idle.max_after)
                 )));
             }
@@ -1225,7 +1243,7 @@ impl Service {
         if let Some(c) = idle.cpu_percent {
             if !(0.0..=10_000.0).contains(&c) {
                 return Err(ServiceError::Invalid(
-                    "idle.cpu_percent must be a percentage".into(),
+                    "Field idle.cpu_percent must be a percentage".into(),
                 ));
             }
         }
@@ -2133,7 +2151,7 @@ impl Service {
                     cpu_time_ns: st.cpu_time_ns,
                     io_bytes: st.block_bytes + st.net_bytes,
                 },
-                idle::Effective::of(&self.cfg.idle, &vm.idle),
+                self.idle_host().with(&vm.idle),
             ))
         });
         let decisions = self.idle.lock().unwrap().sweep(samples);

@@ -1,10 +1,7 @@
 //! Every failure becomes an `application/problem+json` answer here, and only here:
 //! `status_and_code` is the one mapping from errors to HTTP statuses and stable codes.
 
-use crate::hypervisor::HypervisorError;
-use crate::keys::KeyError;
-use crate::policy::{Denial, Hidden};
-use crate::service::ServiceError;
+use crate::service::{Denial, Hidden, HypervisorError, KeyError, ServiceError, StoreError};
 use hyper::StatusCode;
 use serde::Serialize;
 
@@ -110,10 +107,8 @@ pub fn status_and_code(e: &ApiError) -> (StatusCode, &'static str) {
                 HypervisorError::Failed(_) => (S::BAD_GATEWAY, "hypervisor_error"),
                 HypervisorError::Image(_) => (S::INTERNAL_SERVER_ERROR, "image_error"),
             },
-            ServiceError::Store(crate::store::StoreError::Exists(_)) => {
-                (S::CONFLICT, "already_exists")
-            }
-            ServiceError::Store(crate::store::StoreError::NotFound) => (S::NOT_FOUND, "not_found"),
+            ServiceError::Store(StoreError::Exists(_)) => (S::CONFLICT, "already_exists"),
+            ServiceError::Store(StoreError::NotFound) => (S::NOT_FOUND, "not_found"),
             ServiceError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store_error"),
             ServiceError::Task => (S::INTERNAL_SERVER_ERROR, "internal"),
         },
@@ -270,19 +265,17 @@ mod tests {
             ),
             (hv(HypervisorError::Image("x".into())), 500, "image_error"),
             (
-                svc(ServiceError::Store(crate::store::StoreError::Exists(
-                    "x".into(),
-                ))),
+                svc(ServiceError::Store(StoreError::Exists("x".into()))),
                 409,
                 "already_exists",
             ),
             (
-                svc(ServiceError::Store(crate::store::StoreError::NotFound)),
+                svc(ServiceError::Store(StoreError::NotFound)),
                 404,
                 "not_found",
             ),
             (
-                svc(ServiceError::Store(crate::store::StoreError::TooNew(2, 1))),
+                svc(ServiceError::Store(StoreError::TooNew(2, 1))),
                 500,
                 "store_error",
             ),

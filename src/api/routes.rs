@@ -6,8 +6,7 @@ use crate::model::{
     DriveId, DriveName, IdlePolicy, ProjectName, Role, SecretBytes, TeamName, User, UserName, VmId,
     VmName,
 };
-use crate::service::{CreatedProject, NewVm, Service, VmPatch};
-use crate::store::AuditFilter;
+use crate::service::{AuditFilter, CreatedProject, NewVm, Principal, Service, VmPatch};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
@@ -383,7 +382,9 @@ async fn read_body(st: &State, req: Request<Incoming>) -> Result<Vec<u8>, ApiErr
             ApiError::BadJson(format!("Body could not be read: {e}"))
         }
     })?;
-    Ok(collected.to_bytes().to_vec())
+    // One buffer, owned by the caller (which zeroizes bodies that carry shares); `Vec::from`
+    // reuses the collected allocation instead of copying it.
+    Ok(Vec::from(collected.to_bytes()))
 }
 
 /// Handles one request; never fails (errors become problem+json).
@@ -700,7 +701,7 @@ fn audit_filter(query: &str) -> Result<AuditFilter, ApiError> {
     Ok(f)
 }
 
-async fn metrics(st: &State, p: &crate::policy::Principal) -> Result<Response<ApiBody>, ApiError> {
+async fn metrics(st: &State, p: &Principal) -> Result<Response<ApiBody>, ApiError> {
     let vms = st.svc.host_vms(p).await?;
     let mut out = String::new();
     out.push_str("# HELP vmwarden_vms VMs by state.\n# TYPE vmwarden_vms gauge\n");
@@ -782,7 +783,7 @@ async fn metrics(st: &State, p: &crate::policy::Principal) -> Result<Response<Ap
 /// `GET /v1/events`: each event goes only to callers who may see its object, decided afresh
 /// per event so a share or an unshare applies at once. A reader that falls behind is dropped
 /// with a final `stream.dropped` event instead of slowing the others.
-async fn events(st: &State, p: crate::policy::Principal) -> Result<Response<ApiBody>, ApiError> {
+async fn events(st: &State, p: Principal) -> Result<Response<ApiBody>, ApiError> {
     st.svc.me(&p).await?;
     let mut rx = st.svc.subscribe();
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
@@ -839,7 +840,7 @@ async fn events(st: &State, p: crate::policy::Principal) -> Result<Response<ApiB
     Ok(r)
 }
 
-async fn visible(svc: &Service, p: &crate::policy::Principal, ev: &crate::service::Event) -> bool {
+async fn visible(svc: &Service, p: &Principal, ev: &crate::service::Event) -> bool {
     if let Some(audience) = &ev.audience {
         return audience.contains(&p.name);
     }

@@ -36,17 +36,7 @@ pub enum HypervisorError {
     Image(String),
 }
 
-/// libvirt domain type (`[libvirt] domain_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DomainType {
-    /// `kvm` when usable, else `qemu`.
-    Auto,
-    /// Hardware virtualisation.
-    Kvm,
-    /// QEMU's TCG emulation.
-    Qemu,
-}
+pub use crate::model::DomainType;
 
 /// One disk of a domain.
 #[derive(Debug, Clone)]

@@ -741,17 +741,6 @@ impl Store {
         })
     }
 
-    /// Overwrites a drive's wrapped passphrase (tests use it to tamper).
-    pub fn set_wrapped_for_test(&self, drive: DriveId, wrapped: &[u8]) -> Result<(), StoreError> {
-        let conn = self.conn.lock().unwrap();
-        conn.execute(
-            "UPDATE drives SET wrapped = ?2 WHERE id = ?1",
-            params![drive.to_string(), wrapped],
-        )?;
-        self.generation.fetch_add(1, Ordering::Release);
-        Ok(())
-    }
-
     // ----- audit -----
 
     /// Audit rows matching `f`, newest first.

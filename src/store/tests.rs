@@ -1,3 +1,6 @@
+//! Store tests on a real SQLite file: migrations, idempotent mutations, one audit row per
+//! committed change, rule 7 of the sharing rules, attachment exclusivity, audit filters.
+
 use super::*;
 use crate::model::IdlePolicy;
 
