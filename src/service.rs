@@ -1881,17 +1881,15 @@ impl Service {
         }
         let plock = self.project_lock(&vm.project);
         let _shared = plock.read().await;
-        if self.hv(move |h| h.is_running(id)).await? {
-            let disks = self.unwrap_disks(&vm, vec![(d.clone(), wrapped)])?;
-            let disk = disks.into_iter().next().expect("one disk");
-            self.hv(move |h| h.attach_disk(id, &disk)).await?;
-        }
+        // Claim the drive in the store first (the claim fails if another attach won), then
+        // hot-plug; a failed hot-plug gives the drive back as it was.
         let actor = p.clone();
+        let previous = d.owners.clone();
         self.db(move |s| {
             let mut a = Self::audit(&actor, "drive.attach", drive.to_string(), Some(id));
             a.detail = format!(
                 "from_owner={}",
-                d.owners
+                previous
                     .iter()
                     .map(|o| o.as_str())
                     .collect::<Vec<_>>()
@@ -1899,7 +1897,36 @@ impl Service {
             );
             s.attach(&a, id, drive)
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            ServiceError::Store(StoreError::Exists(_)) => ServiceError::Conflict {
+                code: "drive_attached",
+                message: format!("Drive {drive} was attached elsewhere meanwhile"),
+            },
+            e => e,
+        })?;
+        let hot = async {
+            if self.hv(move |h| h.is_running(id)).await? {
+                let disks = self.unwrap_disks(&vm, vec![(d.clone(), wrapped)])?;
+                let disk = disks.into_iter().next().expect("one disk");
+                self.hv(move |h| h.attach_disk(id, &disk)).await?;
+            }
+            Ok::<(), ServiceError>(())
+        }
+        .await;
+        if let Err(e) = hot {
+            let actor = p.clone();
+            let owners = d.owners.clone();
+            self.db(move |s| {
+                s.release(
+                    &Self::audit(&actor, "drive.attach_undone", drive.to_string(), Some(id)),
+                    drive,
+                    &owners,
+                )
+            })
+            .await?;
+            return Err(e);
+        }
         self.emit_drive(
             "drive.attached",
             Some(&vm),

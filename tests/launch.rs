@@ -436,3 +436,52 @@ fn resplit_rekeys_so_the_old_pair_stops_working_and_drives_still_boot() {
         ));
     });
 }
+
+#[test]
+fn failed_hot_attach_gives_the_drive_back() {
+    rt().block_on(async {
+        let d = Daemon::start(Opts::default());
+        let (c, _s, _drv, vm) = setup(&d, "HOTFAIL").await;
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
+        let extra = drive(&c, "alice", "genomics", "extra").await;
+        {
+            let conn = rusqlite::Connection::open(d.db()).unwrap();
+            conn.execute(
+                "UPDATE drives SET wrapped = zeroblob(60) WHERE id = ?1",
+                [&extra],
+            )
+            .unwrap();
+        }
+        let r = c
+            .req(
+                "PUT",
+                &format!("/v1/vms/{vm}/drives/{extra}"),
+                Some("alice"),
+                None,
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (500, "drive_secret_invalid"), "{r:?}");
+        let r = c.get(&format!("/v1/drives/{extra}"), "alice").await;
+        assert_eq!(
+            (r.body["attached_to"].clone(), r.body["owners"].clone()),
+            (serde_json::Value::Null, json!(["alice"])),
+            "{r:?}"
+        );
+        assert!(
+            !virsh(&["dumpxml", &vm]).contains(&extra),
+            "disk was plugged"
+        );
+        let audit = c.get(&format!("/v1/audit?vm={vm}"), "alice").await;
+        assert!(audit
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "drive.attach_undone"));
+    });
+}

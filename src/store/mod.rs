@@ -717,6 +717,32 @@ impl Store {
         self.mutate(a, |tx| attach_tx(tx, vm, drive))
     }
 
+    /// Undoes an attach whose hot-plug failed: detached again, with its former owners.
+    pub fn release(
+        &self,
+        a: &AuditCtx<'_>,
+        drive: DriveId,
+        owners: &[UserName],
+    ) -> Result<(), StoreError> {
+        self.mutate(a, |tx| {
+            tx.execute(
+                "UPDATE drives SET attached_to = NULL WHERE id = ?1",
+                [drive.to_string()],
+            )?;
+            tx.execute(
+                "DELETE FROM drive_owners WHERE drive = ?1",
+                [drive.to_string()],
+            )?;
+            for o in owners {
+                tx.execute(
+                    "INSERT INTO drive_owners (drive, user) VALUES (?1, ?2)",
+                    params![drive.to_string(), o.as_str()],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     /// Detaches a drive; the detaching owner keeps it alone (a co-owner "takes" the drive).
     pub fn detach(
         &self,
