@@ -2080,6 +2080,15 @@ impl Service {
         let running: std::collections::HashSet<VmId> =
             domains.iter().filter_map(|d| d.vm).collect();
         self.report_foreign(&domains, &vms);
+        // Locks nobody holds are dropped, so ids named in requests do not accumulate.
+        self.vm_locks
+            .lock()
+            .unwrap()
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        self.project_locks
+            .lock()
+            .unwrap()
+            .retain(|_, l| Arc::strong_count(l) > 1);
         for vm in vms {
             let is = running.contains(&vm.id);
             let reason = if is { "found_running" } else { "exited" };

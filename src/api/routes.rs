@@ -59,7 +59,8 @@ impl std::fmt::Debug for ApiBody {
 pub struct State {
     svc: Arc<Service>,
     closing: watch::Sender<bool>,
-    users_by_uid: Mutex<HashMap<u32, String>>,
+    /// uid -> user name, refreshed after a minute (names are looked up through NSS).
+    users_by_uid: Mutex<HashMap<u32, (String, Instant)>>,
     /// Rendered `GET /v1/vms` per principal, tagged with the store generation it reflects.
     vms_cache: Mutex<HashMap<UserName, (u64, Bytes)>>,
     metrics: Mutex<HashMap<(Method, &'static str, u16), u64>>,
@@ -89,14 +90,19 @@ impl State {
     }
 
     fn peer_name(&self, uid: u32) -> Option<String> {
-        if let Some(n) = self.users_by_uid.lock().unwrap().get(&uid) {
-            return Some(n.clone());
+        if let Some((n, at)) = self.users_by_uid.lock().unwrap().get(&uid) {
+            if at.elapsed() < std::time::Duration::from_secs(60) {
+                return Some(n.clone());
+            }
         }
         let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
             .flatten()?
             .name;
-        self.users_by_uid.lock().unwrap().insert(uid, name.clone());
+        self.users_by_uid
+            .lock()
+            .unwrap()
+            .insert(uid, (name.clone(), Instant::now()));
         Some(name)
     }
 }
@@ -468,7 +474,7 @@ async fn dispatch(
         Ok(n) => n,
         Err(_) => return Err(ApiError::UnknownPeer(uid)),
     };
-    let p = svc.principal(peer, acting).await?;
+    let p = svc.principal(peer.clone(), acting.clone()).await?;
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_owned();
     let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
@@ -666,7 +672,7 @@ async fn dispatch(
             let f = audit_filter(&query)?;
             ok(&svc.audit_log(&p, f).await?)
         }
-        ("GET", "/v1/events") => events(st, p).await,
+        ("GET", "/v1/events") => events(st, p, peer, acting).await,
         ("GET", "/metrics") => metrics(st, &p).await,
         _ => Err(ApiError::NoRoute(route.into())),
     }
@@ -783,12 +789,19 @@ async fn metrics(st: &State, p: &Principal) -> Result<Response<ApiBody>, ApiErro
 /// `GET /v1/events`: each event goes only to callers who may see its object, decided afresh
 /// per event so a share or an unshare applies at once. A reader that falls behind is dropped
 /// with a final `stream.dropped` event instead of slowing the others.
-async fn events(st: &State, p: Principal) -> Result<Response<ApiBody>, ApiError> {
+async fn events(
+    st: &State,
+    p: Principal,
+    peer: UserName,
+    acting: Option<UserName>,
+) -> Result<Response<ApiBody>, ApiError> {
     st.svc.me(&p).await?;
     let mut rx = st.svc.subscribe();
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
     let svc = st.svc.clone();
     let mut closing = st.closing.subscribe();
+    let mut generation = svc.generation();
+    let mut p = p;
     tokio::spawn(async move {
         let _ = tx.send(Bytes::from_static(b": vmwarden events\n\n")).await;
         loop {
@@ -807,6 +820,16 @@ async fn events(st: &State, p: Principal) -> Result<Response<ApiBody>, ApiError>
                 }
                 Err(_) => break,
             };
+            // The caller's registry entry may change while the stream is open (unregistered,
+            // no longer admin): resolve it again whenever the store changed.
+            let g = svc.generation();
+            if g != generation {
+                generation = g;
+                match svc.principal(peer.clone(), acting.clone()).await {
+                    Ok(fresh) if svc.me(&fresh).await.is_ok() => p = fresh,
+                    _ => break,
+                }
+            }
             if !visible(&svc, &p, &ev).await {
                 continue;
             }

@@ -61,9 +61,16 @@ fn path_str<'a>(path: &'a Path, what: &str) -> Result<&'a str, HypervisorError> 
     })
 }
 
-/// The disk serial the guest sees for `drive`: the first 20 characters of its id.
+/// The disk serial the guest sees for `drive`: 20 hex digits of a hash of its id. Users of a
+/// VM may log into the guest, and to a user the drive id does not exist; the hash still lets
+/// vmwarden find the disk of a drive in the live XML.
 pub fn disk_serial(drive: DriveId) -> String {
-    let mut s = drive.to_string();
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"vmwarden disk serial v1\0")
+        .chain_update(drive.to_string().as_bytes())
+        .finalize();
+    let mut s: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     s.truncate(SERIAL_LEN);
     s
 }
@@ -499,9 +506,14 @@ mod tests {
     }
 
     #[test]
-    fn serial_is_twenty_characters_of_the_drive_id() {
+    fn serial_is_twenty_hex_digits_that_do_not_reveal_the_drive_id() {
         let d: DriveId = "0f8e4a2c-1b3d-4e5f-8a7b-9c0d1e2f3a4b".parse().unwrap();
-        assert_eq!(disk_serial(d), "0f8e4a2c-1b3d-4e5f-8");
+        let s = disk_serial(d);
+        assert_eq!(s.len(), 20);
+        assert!(s.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(!"0f8e4a2c1b3d4e5f8a7b9c0d1e2f3a4b".contains(&s[..8]), "{s}");
+        assert_eq!(s, disk_serial(d), "stable, so the disk can be found again");
+        assert_ne!(s, disk_serial(DriveId::new_random()));
     }
 
     #[test]
