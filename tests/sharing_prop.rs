@@ -111,25 +111,44 @@ async fn apply(w: &World, op: &Op) -> u16 {
     r.status
 }
 
+fn count(d: &Daemon, sql: &str) -> i64 {
+    rusqlite::Connection::open(d.db())
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
 async fn check_invariants(w: &World) {
+    let owners = owners_per_vm(&w.d);
+    assert!(owners.iter().all(|n| *n >= 1), "a VM lost its last owner");
     assert!(
-        owners_per_vm(&w.d).iter().all(|n| *n >= 1),
-        "a VM lost its last owner"
+        owners.iter().all(|n| *n <= 2),
+        "more owners than sharing.max_owners"
+    );
+    assert_eq!(
+        count(&w.d, "SELECT COUNT(*) FROM vm_roles r JOIN vms v ON v.id = r.vm JOIN users u ON u.name = r.user WHERE u.team != v.team"),
+        0,
+        "a role crossed teams"
+    );
+    // Rule 7: the owners of an attached drive are exactly its VM's owners.
+    assert_eq!(
+        count(&w.d, "SELECT COUNT(*) FROM drives d JOIN vm_roles r ON r.vm = d.attached_to AND r.role = 'owner'
+                     WHERE NOT EXISTS (SELECT 1 FROM drive_owners o WHERE o.drive = d.id AND o.user = r.user)"),
+        0,
+        "a VM owner lacks its drive"
+    );
+    assert_eq!(
+        count(&w.d, "SELECT COUNT(*) FROM drives d JOIN drive_owners o ON o.drive = d.id WHERE d.attached_to IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM vm_roles r WHERE r.vm = d.attached_to AND r.user = o.user AND r.role = 'owner')"),
+        0,
+        "someone owns an attached drive without owning its VM"
     );
     for who in PEOPLE {
         let mine = owned_drives(&w.d, who);
         let foreign: Vec<&String> = w.drives.iter().filter(|d| !mine.contains(*d)).collect();
-        let mut paths = vec![
-            "/v1/vms".to_string(),
-            "/v1/drives".into(),
-            "/v1/audit".into(),
-        ];
-        for vm in &w.vms {
-            paths.push(format!("/v1/vms/{vm}"));
-            paths.push(format!("/v1/vms/{vm}/members"));
-        }
-        for p in paths {
-            let r = w.c.get(&p, who).await;
+        // Lists and drive views: never a drive the caller does not own.
+        for p in ["/v1/vms", "/v1/drives"] {
+            let r = w.c.get(p, who).await;
             assert!(r.status < 500, "{p} as {who}: {r:?}");
             let text = String::from_utf8_lossy(&r.raw);
             for d in &foreign {
@@ -139,7 +158,55 @@ async fn check_invariants(w: &World) {
                 );
             }
         }
+        // Everything about a VM on which the caller is a user: no drive identifier at all.
+        // (Owners do see the VM's drive history in its audit log: that is how a co-owner's
+        // take-over is visible to the other owners.)
+        let user_of = roles_of(&w.d, who, "user");
+        for vm in &w.vms {
+            let paths = [
+                format!("/v1/vms/{vm}"),
+                format!("/v1/vms/{vm}/members"),
+                format!("/v1/audit?vm={vm}"),
+            ];
+            for p in paths {
+                let r = w.c.get(&p, who).await;
+                assert!(r.status < 500, "{p} as {who}: {r:?}");
+                if !user_of.contains(vm) {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&r.raw);
+                for d in &w.drives {
+                    assert!(
+                        !text.contains(d.as_str()),
+                        "user {who} received drive {d} via {p}: {text}"
+                    );
+                }
+            }
+        }
+        let r = w.c.get("/v1/audit", who).await;
+        for e in r.body.as_array().unwrap() {
+            if user_of.iter().any(|v| e["vm"] == v.as_str()) {
+                let text = e.to_string();
+                for d in &w.drives {
+                    assert!(
+                        !text.contains(d.as_str()),
+                        "user {who} received drive {d} in the audit log: {text}"
+                    );
+                }
+            }
+        }
     }
+}
+
+fn roles_of(d: &Daemon, user: &str, role: &str) -> HashSet<String> {
+    let conn = rusqlite::Connection::open(d.db()).unwrap();
+    let mut st = conn
+        .prepare("SELECT vm FROM vm_roles WHERE user = ?1 AND role = ?2")
+        .unwrap();
+    st.query_map([user, role], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[test]
