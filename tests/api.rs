@@ -202,6 +202,13 @@ fn every_endpoint_allowed_denied_and_hidden() {
             assert!(r.status < 300, "{m} {path} as {ok}: {r:?}");
             let r = c.req(m, &path, Some(denied), body.clone()).await;
             assert_eq!(r.status, dstatus, "{m} {path} as {denied}: {r:?}");
+            // The code says why: not registered, not an admin, or no role on the VM.
+            let code = match denied {
+                "nobody" => "unregistered",
+                "root" => "role_required",
+                _ => "admin_required",
+            };
+            assert_eq!(r.code(), code, "{m} {path} as {denied}: {r:?}");
             assert_eq!(r.content_type, "application/problem+json");
             for k in ["type", "title", "status", "detail", "code"] {
                 assert!(r.body.get(k).is_some(), "{k} missing in {r:?}");

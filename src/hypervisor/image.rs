@@ -198,7 +198,10 @@ mod tests {
     fn relative_paths_and_empty_sizes_are_refused() {
         let p = SecretBytes::new(b"pw".to_vec());
         assert!(create_luks_qcow2(Path::new("rel.qcow2"), 1, &p).is_err());
-        assert!(create_luks_qcow2(Path::new("/nonexistent-dir/x.qcow2"), 0, &p).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let zero = dir.path().join("x.qcow2");
+        let e = create_luks_qcow2(&zero, 0, &p).unwrap_err();
+        assert!(!zero.exists(), "a refused size must not leave a file: {e}");
         assert!(write_raw_via_luks(Path::new("nbd:host:1"), &p, b"x").is_err());
     }
 
