@@ -217,17 +217,19 @@ pub fn combine(admin_token: &[u8], member_token: &[u8]) -> Result<Key32, KeyErro
 /// The stored verifier: HMAC-SHA256 under K of a fixed label and the project name. It proves
 /// a rebuilt K is right without revealing anything about K.
 pub fn verifier(key: &Key32, project: &ProjectName) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0[..]).expect("any key length");
-    mac.update(b"vmwarden key verifier v1\0");
-    mac.update(project.as_str().as_bytes());
-    mac.finalize().into_bytes().to_vec()
+    verifier_mac(key, project).finalize().into_bytes().to_vec()
 }
 
+/// Compares in constant time.
 fn verify(key: &Key32, project: &ProjectName, stored: &[u8]) -> bool {
+    verifier_mac(key, project).verify_slice(stored).is_ok()
+}
+
+fn verifier_mac(key: &Key32, project: &ProjectName) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0[..]).expect("any key length");
     mac.update(b"vmwarden key verifier v1\0");
     mac.update(project.as_str().as_bytes());
-    mac.verify_slice(stored).is_ok()
+    mac
 }
 
 fn aad(project: &ProjectName, drive: &str) -> Vec<u8> {

@@ -247,6 +247,32 @@ pub struct VmView {
     pub idle_status: Option<IdleStatus>,
 }
 
+impl VmView {
+    /// The caller's view of `vm`: `drives` only for owners, `idle_status` only in the
+    /// single-VM view.
+    fn of(
+        vm: Vm,
+        role: Role,
+        drives: Option<Vec<DriveView>>,
+        idle_status: Option<IdleStatus>,
+    ) -> Self {
+        Self {
+            id: vm.id,
+            name: vm.name,
+            project: vm.project,
+            team: vm.team,
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            state: vm.state,
+            state_reason: vm.state_reason,
+            role,
+            idle: vm.idle,
+            drives,
+            idle_status,
+        }
+    }
+}
+
 /// Where a running VM's idle clock stands.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleStatus {
@@ -888,7 +914,10 @@ impl Service {
 
     /// Forgets the project key now.
     pub async fn lock(&self, p: &Principal, project: ProjectName) -> Result<LockStatus> {
-        let member = self.is_member(&project, &p.name).await?;
+        // One read serves both the membership fact and the existence check.
+        let pr = project.clone();
+        let row = self.db(move |s| s.project(&pr)).await?;
+        let member = row.as_ref().is_some_and(|r| r.members.contains(&p.name));
         self.check(
             p,
             &Action::Lock {
@@ -896,7 +925,12 @@ impl Service {
             },
             project.as_str(),
         )?;
-        self.project_row(p, &project).await?;
+        if row.is_none() {
+            return Err(deny(
+                Denial::Hidden(policy::Hidden::Project),
+                project.as_str(),
+            ));
+        }
         let held = self.keys.lock(&project);
         let actor = p.clone();
         let pr = project.clone();
@@ -978,7 +1012,10 @@ impl Service {
         name: DriveName,
         size_mib: u64,
     ) -> Result<DriveView> {
-        let member = self.is_member(&project, &p.name).await?;
+        // One read serves both the membership fact and the existence check.
+        let pr = project.clone();
+        let row = self.db(move |s| s.project(&pr)).await?;
+        let member = row.as_ref().is_some_and(|r| r.members.contains(&p.name));
         self.check(
             p,
             &Action::CreateIn {
@@ -986,7 +1023,12 @@ impl Service {
             },
             project.as_str(),
         )?;
-        self.project_row(p, &project).await?;
+        if row.is_none() {
+            return Err(deny(
+                Denial::Hidden(policy::Hidden::Project),
+                project.as_str(),
+            ));
+        }
         if size_mib == 0 || size_mib > MAX_DRIVE_MIB {
             return Err(ServiceError::Invalid(format!(
                 "Field size_mib must be between 1 and {MAX_DRIVE_MIB}"
@@ -1164,20 +1206,7 @@ impl Service {
         } else {
             None
         };
-        Ok(VmView {
-            id: vm.id,
-            name: vm.name,
-            project: vm.project,
-            team: vm.team,
-            vcpus: vm.vcpus,
-            memory_mib: vm.memory_mib,
-            state: vm.state,
-            state_reason: vm.state_reason,
-            role,
-            idle_status,
-            idle: vm.idle,
-            drives,
-        })
+        Ok(VmView::of(vm, role, drives, idle_status))
     }
 
     /// The host's idle defaults from `[idle]`.
@@ -1372,20 +1401,7 @@ impl Service {
             } else {
                 None
             };
-            out.push(VmView {
-                id: vm.id,
-                name: vm.name,
-                project: vm.project,
-                team: vm.team,
-                vcpus: vm.vcpus,
-                memory_mib: vm.memory_mib,
-                state: vm.state,
-                state_reason: vm.state_reason,
-                role,
-                idle: vm.idle,
-                drives,
-                idle_status: None,
-            });
+            out.push(VmView::of(vm, role, drives, None));
         }
         Ok(out)
     }

@@ -25,12 +25,13 @@ struct Reply {
 }
 
 impl Client {
-    async fn call(
+    /// Sends one request on a fresh connection and returns the response with its body unread.
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Zeroizing<Vec<u8>>>,
-    ) -> anyhow::Result<Reply> {
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .with_context(|| format!("Cannot connect to {}", self.socket.display()))?;
@@ -48,7 +49,17 @@ impl Client {
         if !body.is_empty() {
             req = req.header("content-type", "application/json");
         }
-        let resp = sender.send_request(req.body(Full::new(body))?).await?;
+        Ok(sender.send_request(req.body(Full::new(body))?).await?)
+    }
+
+    /// One request, whole answer.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Zeroizing<Vec<u8>>>,
+    ) -> anyhow::Result<Reply> {
+        let resp = self.send(method, path, body).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok(Reply {
@@ -358,20 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 async fn follow_events(c: &Client) -> anyhow::Result<i32> {
-    let stream = tokio::net::UnixStream::connect(&c.socket)
-        .await
-        .with_context(|| format!("Cannot connect to {}", c.socket.display()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .uri("/v1/events")
-        .header("host", "vmwarden");
-    if let Some(u) = &c.act_as {
-        req = req.header("vmwarden-user", u);
-    }
-    let mut resp = sender
-        .send_request(req.body(Full::new(Bytes::new()))?)
-        .await?;
+    let mut resp = c.send(Method::GET, "/v1/events", None).await?;
     if resp.status().as_u16() >= 400 {
         let b = resp.into_body().collect().await?.to_bytes();
         eprintln!("vmwarden: {}", String::from_utf8_lossy(&b));
