@@ -217,11 +217,22 @@ impl Default for IdleConfig {
 pub struct LimitsConfig {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
-    /// Time a client has to send its request head.
+    /// Time a client has to send its request head (also how long an idle keep-alive
+    /// connection stays open).
     #[serde(with = "duration")]
     pub header_timeout: Duration,
-    /// Concurrent connections; more wait in the accept queue.
+    /// Time a client has to take an answer the socket could not send at once.
+    #[serde(with = "duration")]
+    pub write_timeout: Duration,
+    /// Concurrent request connections of unprivileged peers (root, `access.admins` and
+    /// `access.orchestrators` have a pool of the same size of their own).
     pub max_connections: usize,
+    /// Concurrent connections of one unprivileged peer uid.
+    pub max_connections_per_peer: usize,
+    /// Concurrent event streams, counted apart from request connections.
+    pub max_streams: usize,
+    /// Concurrent event streams of one principal (the acting user, for orchestrators).
+    pub max_streams_per_user: usize,
 }
 
 impl Default for LimitsConfig {
@@ -229,7 +240,11 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: 65536,
             header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             max_connections: 256,
+            max_connections_per_peer: 32,
+            max_streams: 1024,
+            max_streams_per_user: 8,
         }
     }
 }
@@ -322,6 +337,36 @@ impl Config {
                 "io_kib_per_sec",
                 "Must be zero or more".into(),
             ));
+        }
+        if i.after < i.sample_interval * 2 {
+            return Err(fail(
+                "idle",
+                "after",
+                "Must be at least two idle.sample_interval (idleness is measured between samples)"
+                    .into(),
+            ));
+        }
+        for (section, key, d) in [
+            ("idle", "shutdown_timeout", i.shutdown_timeout),
+            ("libvirt", "shutdown_timeout", self.libvirt.shutdown_timeout),
+            ("libvirt", "detach_timeout", self.libvirt.detach_timeout),
+            ("limits", "write_timeout", self.limits.write_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(fail(section, key, "Must be longer than zero".into()));
+            }
+        }
+        for (key, n) in [
+            (
+                "max_connections_per_peer",
+                self.limits.max_connections_per_peer,
+            ),
+            ("max_streams", self.limits.max_streams),
+            ("max_streams_per_user", self.limits.max_streams_per_user),
+        ] {
+            if n == 0 {
+                return Err(fail("limits", key, "Must be at least 1".into()));
+            }
         }
         if i.after > i.max_after {
             return Err(fail(

@@ -77,6 +77,9 @@ pub struct Track {
     last: Option<Sample>,
     idle_since: Option<Instant>,
     warned: bool,
+    /// The idle period ended in a shutdown; nothing more is decided until the VM stops
+    /// (its track goes) or a keepalive starts a new period.
+    shut_down: bool,
 }
 
 impl Track {
@@ -84,6 +87,7 @@ impl Track {
     pub fn keepalive(&mut self, now: Instant) {
         self.idle_since = Some(now);
         self.warned = false;
+        self.shut_down = false;
     }
 
     /// The current idle period and its deadline, if idle.
@@ -95,6 +99,9 @@ impl Track {
     /// Feeds one sample. Rates need two samples, so the first one only records.
     pub fn observe(&mut self, s: Sample, p: &Effective) -> Decision {
         let prev = self.last.replace(s);
+        if self.shut_down {
+            return Decision::Active;
+        }
         if !p.enabled {
             self.idle_since = None;
             self.warned = false;
@@ -125,11 +132,16 @@ impl Track {
             return Decision::Active;
         };
         let deadline = since + p.after;
-        if now >= deadline {
-            Decision::Shutdown
-        } else if now + p.warn_before >= deadline && !self.warned {
+        // Always warn first: when `after` is shorter than `warn_before`, or a sample came
+        // late, the warning goes out at once and the shutdown waits for the next sample.
+        if !self.warned && now + p.warn_before >= deadline {
             self.warned = true;
-            Decision::Warn { deadline }
+            Decision::Warn {
+                deadline: deadline.max(now),
+            }
+        } else if now >= deadline {
+            self.shut_down = true;
+            Decision::Shutdown
         } else {
             Decision::Idle { since, deadline }
         }
@@ -236,6 +248,13 @@ mod tests {
                 vec!["A", "I", "I", "I", "I", "I", "I", "I", "A", "I", "I", "I"],
             ),
             (
+                "one idle period ends in exactly one shutdown",
+                vec![(IDLE, false); 14],
+                vec![
+                    "A", "I", "I", "I", "I", "I", "I", "I", "W", "I", "S", "A", "A", "A",
+                ],
+            ),
+            (
                 "keepalive during the warning buys a full period",
                 [
                     vec![(IDLE, false); 9],
@@ -282,6 +301,46 @@ mod tests {
             }
             assert_eq!(got, expected, "{name}");
             let _ = t0;
+        }
+    }
+
+    /// `after` shorter than `warn_before`, and a sample that arrives past the deadline:
+    /// the warning still comes first, the shutdown at the next sample.
+    #[tokio::test(start_paused = true)]
+    async fn warning_always_precedes_the_shutdown() {
+        for (after, gaps, expected) in [
+            (120, vec![60, 60, 60, 60], vec!["A", "W", "S", "A", "A"]),
+            (120, vec![300, 60, 60], vec!["A", "W", "S", "A"]),
+            (600, vec![60, 900, 60], vec!["A", "W", "S", "A"]),
+        ] {
+            let p = Effective {
+                after: Duration::from_secs(after),
+                warn_before: Duration::from_secs(600),
+                ..policy()
+            };
+            let mut t = Track::default();
+            let mut got = vec![];
+            for i in 0..=gaps.len() {
+                if i > 0 {
+                    tokio::time::advance(Duration::from_secs(gaps[i - 1])).await;
+                }
+                got.push(
+                    match t.observe(
+                        Sample {
+                            at: Instant::now(),
+                            cpu_time_ns: 0,
+                            io_bytes: 0,
+                        },
+                        &p,
+                    ) {
+                        Decision::Active => "A",
+                        Decision::Idle { .. } => "I",
+                        Decision::Warn { .. } => "W",
+                        Decision::Shutdown => "S",
+                    },
+                );
+            }
+            assert_eq!(got, expected, "after {after}s, gaps {gaps:?}");
         }
     }
 

@@ -54,6 +54,21 @@ pub enum KeyError {
     Unwrap(String),
 }
 
+impl KeyError {
+    /// The stable API code (also written in audit outcomes).
+    pub fn code(&self) -> &'static str {
+        match self {
+            KeyError::Malformed => "malformed_share",
+            KeyError::WrongSubmitter(..) => "wrong_submitter",
+            KeyError::InvalidShare => "invalid_share",
+            KeyError::HalfAlreadyPending(..) => "half_already_pending",
+            KeyError::SamePrincipal(_) => "two_people_required",
+            KeyError::Locked { .. } => "project_locked",
+            KeyError::Unwrap(_) => "drive_secret_invalid",
+        }
+    }
+}
+
 /// Which half of the key a share is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -325,6 +340,8 @@ enum Slot {
     },
     Unlocked {
         key: Key32,
+        /// The key of a staged re-key, until its pair is delivered or dropped.
+        next: Option<Key32>,
         until: Instant,
     },
 }
@@ -334,10 +351,42 @@ enum Slot {
 pub enum UnlockOutcome {
     /// The first half now waits for the second.
     Pending,
-    /// Both halves matched; K is in memory.
+    /// Both halves matched the current verifier; K is in memory.
     Unlocked,
+    /// Both halves matched a staged re-key's verifier: its pair was delivered, and K' is in
+    /// memory. The service promotes the re-key before applying this.
+    UnlockedStaged,
     /// The project was already unlocked; nothing changed.
     AlreadyUnlocked,
+}
+
+/// The verifiers a rebuilt key is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Verifiers<'a> {
+    /// The project's current verifier.
+    pub current: &'a [u8],
+    /// A staged re-key's verifier, if any.
+    pub staged: Option<&'a [u8]>,
+}
+
+/// A keyring change that `Keyring::evaluate` computed and `Keyring::apply` makes: the
+/// service records the attempt in between, so the keyring never changes unless its audit
+/// row was written.
+pub struct Transition {
+    project: ProjectName,
+    /// `None`: leave the slot as it is; `Some(None)`: clear it; `Some(Some(s))`: set it.
+    change: Option<Option<Slot>>,
+    /// What the caller is told.
+    pub outcome: Result<UnlockOutcome, KeyError>,
+}
+
+impl fmt::Debug for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transition")
+            .field("project", &self.project)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
 }
 
 /// In-memory key state of every project. Locked is the absence of an entry, so a restart
@@ -350,6 +399,22 @@ pub struct Keyring {
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Keyring([REDACTED])")
+    }
+}
+
+fn locked_error(project: &ProjectName, slot: Option<&Slot>) -> KeyError {
+    let waiting = match slot {
+        Some(Slot::Pending { half, .. }) => format!(
+            "the {} share is in; {} must submit the {} share",
+            half.name(),
+            half.other().who(),
+            half.other().name()
+        ),
+        _ => "an admin must submit the admin share and a project member the member share".into(),
+    };
+    KeyError::Locked {
+        project: project.to_string(),
+        waiting,
     }
 }
 
@@ -404,95 +469,115 @@ impl Keyring {
         }
     }
 
-    /// Takes one half. `verifier` is the stored verifier of the project.
+    /// Judges one half without changing anything: the caller records the attempt, then
+    /// `apply`s the result. Calls for one project must not interleave (the service holds a
+    /// per-project lock from here to `apply`).
     #[allow(clippy::too_many_arguments)]
-    pub fn submit(
+    pub fn evaluate(
         &self,
         project: &ProjectName,
-        verifier_bytes: &[u8],
+        verifiers: Verifiers<'_>,
         token: &[u8],
         who: &Submitter,
         window: Duration,
         ttl: Duration,
         now: Instant,
-    ) -> Result<UnlockOutcome, KeyError> {
-        let (half, share) = parse_share(token)?;
+    ) -> Transition {
+        let outcome = |o| Transition {
+            project: project.clone(),
+            change: None,
+            outcome: o,
+        };
+        let (half, share) = match parse_share(token) {
+            Ok(x) => x,
+            Err(e) => return outcome(Err(e)),
+        };
         match half {
-            Half::Admin if !who.admin => return Err(KeyError::WrongSubmitter("admin", "an admin")),
+            Half::Admin if !who.admin => {
+                return outcome(Err(KeyError::WrongSubmitter("admin", "an admin")))
+            }
             Half::Member if !who.member => {
-                return Err(KeyError::WrongSubmitter("member", "a project member"))
+                return outcome(Err(KeyError::WrongSubmitter("member", "a project member")))
             }
             _ => {}
         }
         let mut map = self.slots.lock().unwrap();
         Self::expire(&mut map, now);
-        match map.remove(project) {
-            None => {
-                map.insert(
-                    project.clone(),
-                    Slot::Pending {
-                        half,
-                        share,
-                        from: who.name.clone(),
-                        expires: now + window,
-                    },
-                );
-                Ok(UnlockOutcome::Pending)
-            }
-            Some(s @ Slot::Unlocked { .. }) => {
-                map.insert(project.clone(), s);
-                Ok(UnlockOutcome::AlreadyUnlocked)
-            }
+        let set = |slot: Option<Slot>, o| Transition {
+            project: project.clone(),
+            change: Some(slot),
+            outcome: o,
+        };
+        match map.get(project) {
+            None => set(
+                Some(Slot::Pending {
+                    half,
+                    share,
+                    from: who.name.clone(),
+                    expires: now + window,
+                }),
+                Ok(UnlockOutcome::Pending),
+            ),
+            Some(Slot::Unlocked { .. }) => outcome(Ok(UnlockOutcome::AlreadyUnlocked)),
             Some(Slot::Pending {
                 half: h,
                 share: first,
                 from,
-                expires,
+                ..
             }) => {
-                if h == half {
-                    let err = KeyError::HalfAlreadyPending(h.name(), h.other().name());
-                    map.insert(
-                        project.clone(),
-                        Slot::Pending {
-                            half: h,
-                            share: first,
-                            from,
-                            expires,
-                        },
-                    );
-                    return Err(err);
+                if *h == half {
+                    return outcome(Err(KeyError::HalfAlreadyPending(
+                        h.name(),
+                        h.other().name(),
+                    )));
                 }
-                if from == who.name {
-                    let err = KeyError::SamePrincipal(from.to_string());
-                    map.insert(
-                        project.clone(),
-                        Slot::Pending {
-                            half: h,
-                            share: first,
-                            from,
-                            expires,
-                        },
-                    );
-                    return Err(err);
+                if *from == who.name {
+                    return outcome(Err(KeyError::SamePrincipal(from.to_string())));
                 }
                 let key = first.xor(&share);
-                // `first` and `share` drop here, zeroized; on mismatch `key` drops too.
-                if !verify(&key, project, verifier_bytes) {
-                    return Err(KeyError::InvalidShare);
-                }
-                map.insert(
-                    project.clone(),
-                    Slot::Unlocked {
+                // `share` drops here, zeroized; on mismatch `key` drops too, and the waiting
+                // half is discarded with it.
+                let matched = if verify(&key, project, verifiers.current) {
+                    UnlockOutcome::Unlocked
+                } else if verifiers.staged.is_some_and(|v| verify(&key, project, v)) {
+                    UnlockOutcome::UnlockedStaged
+                } else {
+                    return set(None, Err(KeyError::InvalidShare));
+                };
+                set(
+                    Some(Slot::Unlocked {
                         key,
+                        next: None,
                         until: now + ttl,
-                    },
-                );
-                Ok(UnlockOutcome::Unlocked)
+                    }),
+                    Ok(matched),
+                )
             }
         }
     }
 
-    /// Forgets K and any pending half at once. Returns whether anything was held.
+    /// Makes an evaluated change.
+    pub fn apply(&self, t: Transition) -> Result<UnlockOutcome, KeyError> {
+        let Transition {
+            project,
+            change,
+            outcome,
+        } = t;
+        let mut map = self.slots.lock().unwrap();
+        match change {
+            None => {}
+            Some(None) => {
+                map.remove(&project);
+            }
+            Some(Some(slot)) => {
+                map.insert(project, slot);
+            }
+        }
+        outcome
+    }
+
+    /// Forgets K, a staged K' and any pending half at once. Returns whether anything was
+    /// held.
     pub fn lock(&self, project: &ProjectName) -> bool {
         self.slots.lock().unwrap().remove(project).is_some()
     }
@@ -504,37 +589,53 @@ impl Keyring {
         now: Instant,
         f: impl FnOnce(&Key32) -> T,
     ) -> Result<T, KeyError> {
+        self.with_keys(project, now, |k, _| f(k))
+    }
+
+    /// Runs `f` with K and a staged K' (if any), or explains who must submit which share.
+    pub fn with_keys<T>(
+        &self,
+        project: &ProjectName,
+        now: Instant,
+        f: impl FnOnce(&Key32, Option<&Key32>) -> T,
+    ) -> Result<T, KeyError> {
         let mut map = self.slots.lock().unwrap();
         Self::expire(&mut map, now);
         match map.get(project) {
-            Some(Slot::Unlocked { key, .. }) => Ok(f(key)),
-            Some(Slot::Pending { half, .. }) => Err(KeyError::Locked {
-                project: project.to_string(),
-                waiting: format!(
-                    "the {} share is in; {} must submit the {} share",
-                    half.name(),
-                    half.other().who(),
-                    half.other().name()
-                ),
-            }),
-            None => Err(KeyError::Locked {
-                project: project.to_string(),
-                waiting:
-                    "an admin must submit the admin share and a project member the member share"
-                        .into(),
-            }),
+            Some(Slot::Unlocked { key, next, .. }) => Ok(f(key, next.as_ref())),
+            other => Err(locked_error(project, other)),
         }
     }
 
-    /// Replaces K while unlocked (after a re-split re-wrapped every passphrase).
-    pub fn replace(&self, project: &ProjectName, key: Key32, ttl: Duration, now: Instant) {
-        self.slots.lock().unwrap().insert(
-            project.clone(),
-            Slot::Unlocked {
-                key,
-                until: now + ttl,
-            },
-        );
+    /// Holds K' of a staged re-key beside K (the project must be unlocked).
+    pub fn stage(&self, project: &ProjectName, key: Key32, now: Instant) -> Result<(), KeyError> {
+        let mut map = self.slots.lock().unwrap();
+        Self::expire(&mut map, now);
+        match map.get_mut(project) {
+            Some(Slot::Unlocked { next, .. }) => {
+                *next = Some(key);
+                Ok(())
+            }
+            other => Err(locked_error(project, other.map(|s| &*s))),
+        }
+    }
+
+    /// Makes the staged K' the key (its pair was delivered); K is zeroized. Nothing happens
+    /// when nothing is staged (the project locked meanwhile).
+    pub fn promote(&self, project: &ProjectName) {
+        if let Some(Slot::Unlocked { key, next, .. }) = self.slots.lock().unwrap().get_mut(project)
+        {
+            if let Some(n) = next.take() {
+                *key = n;
+            }
+        }
+    }
+
+    /// Forgets a staged K' (its pair was never delivered).
+    pub fn unstage(&self, project: &ProjectName) {
+        if let Some(Slot::Unlocked { next, .. }) = self.slots.lock().unwrap().get_mut(project) {
+            *next = None;
+        }
     }
 
     /// Copies K out for a re-key (the caller drops it, zeroized).
@@ -596,15 +697,19 @@ mod tests {
             who: &Submitter,
             at: u64,
         ) -> Result<UnlockOutcome, KeyError> {
-            self.ring.submit(
+            let t = self.ring.evaluate(
                 &p(),
-                &self.ver,
+                Verifiers {
+                    current: &self.ver,
+                    staged: None,
+                },
                 tok.expose(),
                 who,
                 W,
                 TTL,
                 self.t0 + Duration::from_secs(at),
-            )
+            );
+            self.ring.apply(t)
         }
         fn locked(&self, at: u64) -> bool {
             self.ring

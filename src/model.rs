@@ -8,7 +8,8 @@ use std::fmt;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Why a name was refused; the API turns it into a 400 with code `invalid_name`.
+/// Why a name was refused; the API turns it into a 400 (`invalid_parameter` in a path,
+/// `invalid_body` in a body).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("Invalid {kind} name {shown}: must match {pattern}")]
 pub struct NameError {
@@ -114,6 +115,21 @@ name_type!(
     /// A Unix-style user name, the principal of every request.
     UserName, "user", "^[a-z_][a-z0-9_-]{0,31}$", 32, unix_first, unix_rest
 );
+/// The user name the audit log uses for the daemon itself; nobody may register it.
+pub const DAEMON_USER: &str = "vmwardend";
+
+impl UserName {
+    /// The daemon's own name in the audit log.
+    pub fn daemon() -> Self {
+        Self(DAEMON_USER.to_owned())
+    }
+
+    /// Whether this is the reserved name of the daemon.
+    pub fn is_reserved(&self) -> bool {
+        self.0 == DAEMON_USER
+    }
+}
+
 name_type!(
     /// A team name; sharing never crosses teams.
     TeamName, "team", "^[a-z_][a-z0-9_-]{0,31}$", 32, unix_first, unix_rest
@@ -136,10 +152,17 @@ name_type!(
 #[serde(transparent)]
 pub struct VmId(pub Uuid);
 
-/// A drive id; also the image file name.
+/// A drive id, as the API shows it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DriveId(pub Uuid);
+
+/// The name of a drive's image file: random, distinct from the drive id and never in an API
+/// answer, so that the process table (QEMU's argv) and the drives folder cannot be linked to
+/// a drive by anyone who may not see it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StorageId(pub Uuid);
 
 macro_rules! id_type {
     ($ty:ident) => {
@@ -169,6 +192,7 @@ macro_rules! id_type {
 }
 id_type!(VmId);
 id_type!(DriveId);
+id_type!(StorageId);
 
 /// A role on a VM (DESIGN 1, "Roles on a VM").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -196,17 +220,45 @@ impl Role {
 pub enum VmState {
     /// No domain exists.
     Stopped,
+    /// A start is in progress: secrets defined, domain being created.
+    Starting,
     /// A domain exists and runs (or is paused by libvirt).
     Running,
+    /// A stop is in progress: ACPI sent, destroy after the timeout.
+    Stopping,
 }
 
 impl VmState {
+    /// Every state, in the order lists show them.
+    pub const ALL: [VmState; 4] = [
+        VmState::Stopped,
+        VmState::Starting,
+        VmState::Running,
+        VmState::Stopping,
+    ];
+
     /// The stored and wire spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
             VmState::Running => "running",
+            VmState::Stopping => "stopping",
         }
+    }
+
+    /// Reads the stored spelling; anything unknown is `Stopped` (the safe reading: the next
+    /// reconcile asks libvirt).
+    pub fn parse(s: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .unwrap_or(VmState::Stopped)
+    }
+
+    /// A start or stop is in flight.
+    pub fn is_transitional(self) -> bool {
+        matches!(self, VmState::Starting | VmState::Stopping)
     }
 }
 
@@ -285,8 +337,10 @@ impl Vm {
 /// A LUKS-encrypted qcow2 image, as stored (the wrapped passphrase stays in the store).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Drive {
-    /// Stable id, also the image file name.
+    /// Stable id.
     pub id: DriveId,
+    /// The image file's name (`<storage>.qcow2`).
+    pub storage: StorageId,
     /// Human label.
     pub name: DriveName,
     /// Project whose key wraps the passphrase.

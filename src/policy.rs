@@ -206,6 +206,29 @@ pub enum Denial {
     LastOwner,
 }
 
+impl Denial {
+    /// The stable API code (also written in audit outcomes as `denied:<code>`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Denial::Unregistered => "unregistered",
+            Denial::Hidden(Hidden::Vm) => "vm_not_found",
+            Denial::Hidden(Hidden::Drive) => "drive_not_found",
+            Denial::Hidden(Hidden::Project) => "project_not_found",
+            Denial::Hidden(Hidden::User) => "user_not_found",
+            Denial::AdminRequired => "admin_required",
+            Denial::OwnerRequired => "owner_required",
+            Denial::RoleRequired => "role_required",
+            Denial::NotProjectMemberCaller => "not_project_member",
+            Denial::MemberRequired => "member_required",
+            Denial::TeamMismatch => "team_mismatch",
+            Denial::ConfirmationRequired => "confirmation_required",
+            Denial::MaxOwnersReached => "max_owners_reached",
+            Denial::NotProjectMember => "not_project_member",
+            Denial::LastOwner => "last_owner",
+        }
+    }
+}
+
 /// The verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {

@@ -2,22 +2,32 @@
 //! hypervisor.
 //!
 //! Each operation: resolve the snapshot it needs from the store, ask `policy::decide`, then
-//! act. Operations on one VM run under that VM's lock, so a start, a stop and a detach of the
-//! same VM never interleave. Blocking work (SQLite, libvirt, qemu-img) runs on the blocking
-//! pool. Mutations write their audit row in the same transaction as the change.
+//! act. Rules that span rows are judged again inside the transaction that writes (the store's
+//! checked mutations), so concurrent requests cannot slip between check and write. Operations
+//! on one VM run under that VM's lock, so a start, a stop and a detach of the same VM never
+//! interleave; key-state changes of one project (unlock, lock, re-key, delivery of new
+//! shares) run under that project's key lock. Blocking work (SQLite, libvirt, qemu-img, file
+//! removal) runs on the blocking pool. Mutations write their audit row in the same
+//! transaction as the change; in-memory changes (keys, idle clocks) are applied only after
+//! their audit row is written.
+//!
+//! Cancel safety: the API runs every operation with side effects in a task of its own, so a
+//! client that hangs up never cuts one short. Shares exist only in the answer that carries
+//! them; they are committed as undelivered and a [`Delivery`] ticket travels with the answer:
+//! written to the client, it promotes them; dropped, it undoes them.
 
 use crate::config::Config;
-use crate::hypervisor::{image, DiskSpec, DomainSpec, Hypervisor, LifecycleEvent};
+use crate::hypervisor::{DiskSpec, DomainSpec, Hypervisor, LifecycleEvent};
 use crate::idle;
-use crate::keys::{self, Keyring, Submitter, UnlockOutcome};
+use crate::keys::{self, Keyring, Submitter, UnlockOutcome, Verifiers};
 use crate::model::{
-    Drive, DriveId, DriveName, IdlePolicy, ProjectName, Role, SecretBytes, TeamName, User,
-    UserName, Vm, VmId, VmName, VmState,
+    Drive, DriveId, DriveName, IdlePolicy, ProjectName, Role, SecretBytes, StorageId, TeamName,
+    User, UserName, Vm, VmId, VmName, VmState,
 };
 use crate::policy::{
     self, Action, AdminAction, Decision, DriveFacts, ShareHalf, TargetFacts, VmAction, VmFacts,
 };
-use crate::store::{AuditCtx, Store};
+use crate::store::{AuditCtx, MemberRemoval, Refusal, RoleFacts, Store};
 
 // What the API needs from the layers below, re-exported so that `api` depends on `service`
 // alone: the error types its one status mapping looks into, and the principal and filters.
@@ -27,9 +37,10 @@ pub use crate::policy::{Denial, Hidden, Principal};
 pub use crate::store::{AuditEntry, AuditFilter, Change, StoreError};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 /// Errors of the service layer; the API maps each to one status in `api::error`.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +80,50 @@ pub enum ServiceError {
     /// A blocking task panicked or was cancelled.
     #[error("Internal task failed")]
     Task,
+}
+
+impl ServiceError {
+    /// The stable API code of this error (also the `<code>` of `denied:`/`failed:` audit
+    /// outcomes).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::Denied(d) => d.denial.code(),
+            ServiceError::Invalid(_) => "invalid_request",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::Conflict { code, .. } => code,
+            ServiceError::Locked(_) => "project_locked",
+            ServiceError::Share(k) => k.code(),
+            ServiceError::SecretCorrupt(_) => "drive_secret_invalid",
+            ServiceError::Hypervisor(h) => match h {
+                HypervisorError::Unavailable(_) => "hypervisor_unavailable",
+                HypervisorError::NoDomain => "vm_not_running",
+                HypervisorError::AlreadyRunning => "vm_running",
+                HypervisorError::DetachTimeout(_) => "detach_timeout",
+                HypervisorError::Failed(_) => "hypervisor_error",
+                HypervisorError::Image(_) => "image_error",
+                HypervisorError::NoSpace(_) => "insufficient_storage",
+            },
+            ServiceError::Store(s) => match s {
+                StoreError::Exists(_) => "already_exists",
+                StoreError::NotFound | StoreError::Missing(..) => "not_found",
+                StoreError::Full => "insufficient_storage",
+                StoreError::Changed(_) => "changed_meanwhile",
+                StoreError::Attached(_) => "drive_attached",
+                StoreError::Holdings { .. } => "user_has_roles",
+                StoreError::NotEmpty { .. } => "project_not_empty",
+                StoreError::Sqlite(_) | StoreError::Io(_) | StoreError::TooNew(..) => "store_error",
+            },
+            ServiceError::Task => "internal",
+        }
+    }
+
+    /// The audit outcome of an attempt that failed with this error.
+    fn outcome(&self) -> String {
+        match self {
+            ServiceError::Denied(_) | ServiceError::Share(_) => format!("denied:{}", self.code()),
+            _ => format!("failed:{}", self.code()),
+        }
+    }
 }
 
 /// A policy denial with the message shown to the caller.
@@ -114,6 +169,10 @@ fn deny(d: Denial, what: &str) -> ServiceError {
         Denial::LastOwner => format!("VM {what} must keep at least one owner"),
     };
     ServiceError::Denied(DenialMsg { denial: d, message })
+}
+
+fn conflict(code: &'static str, message: String) -> ServiceError {
+    ServiceError::Conflict { code, message }
 }
 
 /// A state-changing event for `GET /v1/events` subscribers (filtered per caller by the API).
@@ -175,7 +234,25 @@ pub struct ProjectView {
     pub lock: LockStatus,
 }
 
-/// Response of project creation: the only time the shares leave the daemon.
+/// Fires once the answer that carries new shares has been written to its client. Dropped
+/// unfired (the client hung up, the write failed), it tells the service the shares never
+/// left, and the service undoes what they were made for.
+#[derive(Debug)]
+pub struct Delivery(oneshot::Sender<()>);
+
+impl Delivery {
+    fn new() -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(tx), rx)
+    }
+
+    /// The answer reached the client.
+    pub fn delivered(self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Response of project creation or re-key: the only time the shares leave the daemon.
 #[derive(Debug)]
 pub struct CreatedProject {
     /// The project.
@@ -184,6 +261,8 @@ pub struct CreatedProject {
     pub admin_share: SecretBytes,
     /// Token for the members.
     pub member_share: SecretBytes,
+    /// Fire it once the answer is written.
+    pub delivery: Delivery,
 }
 
 /// A drive as its owners see it.
@@ -355,6 +434,15 @@ pub struct VmPatch {
     pub idle: Option<IdlePolicy>,
 }
 
+/// How a member leaves a project (`DELETE /v1/projects/{p}/members/{user}`).
+#[derive(Debug, Clone, Default)]
+pub struct MemberExit {
+    /// Hand over what they own instead of refusing.
+    pub force: bool,
+    /// Who takes what they alone own.
+    pub transfer_to: Option<UserName>,
+}
+
 /// Bounds the API accepts for VM sizes; wider values are refused before libvirt sees them.
 pub const MAX_VCPUS: u32 = 64;
 /// Upper bound on memory per VM.
@@ -362,8 +450,52 @@ pub const MAX_MEMORY_MIB: u64 = 1024 * 1024;
 /// Upper bound on drive size (16 TiB).
 pub const MAX_DRIVE_MIB: u64 = 16 * 1024 * 1024;
 
+/// How long a start whose libvirt connection broke waits for libvirt to answer again, to
+/// learn whether the domain was created.
+const LAUNCH_OUTCOME_WAIT: Duration = Duration::from_secs(15);
+
 /// The users registry by name, shared between requests.
 type UserMap = Arc<HashMap<UserName, User>>;
+
+/// Per-VM operation state.
+#[derive(Debug, Default)]
+struct VmSlot {
+    /// Held by every operation that changes the VM.
+    op: tokio::sync::Mutex<()>,
+    /// Set by a forced stop while a gentle one waits for the guest: the waiting stop
+    /// destroys at once instead of waiting out the timeout.
+    force: AtomicBool,
+}
+
+/// Why a VM stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// A role holder asked.
+    Request,
+    /// An admin, for resource management.
+    Admin,
+    /// Idle shutdown.
+    Idle,
+}
+
+impl StopCause {
+    /// The recorded reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopCause::Request => "stop",
+            StopCause::Admin => "admin",
+            StopCause::Idle => "idle",
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            StopCause::Request => "vm.stop",
+            StopCause::Admin => "host.stop",
+            StopCause::Idle => "vm.idle_shutdown",
+        }
+    }
+}
 
 /// The service: shared state of the daemon.
 pub struct Service {
@@ -371,7 +503,7 @@ pub struct Service {
     store: Arc<Store>,
     keys: Arc<Keyring>,
     hv: Arc<dyn Hypervisor>,
-    vm_locks: Mutex<HashMap<VmId, Arc<tokio::sync::Mutex<()>>>>,
+    vm_slots: Mutex<HashMap<VmId, Arc<VmSlot>>>,
     events: broadcast::Sender<Event>,
     /// The users registry as of a store generation: every request resolves its principal, so
     /// this keeps a SQLite query off the hot path while a registration still applies at once.
@@ -382,10 +514,13 @@ pub struct Service {
     /// replaces it and every wrapped passphrase (exclusive), so none of them sees a half-done
     /// re-key.
     project_locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::RwLock<()>>>>,
+    /// Per-project key-state changes (unlock, lock, re-key, delivery of new shares): one at
+    /// a time, from judging to recording to applying.
+    key_locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
     /// Idle clocks of running VMs, fed by `idle_sweep`.
     idle: Mutex<idle::Tracker>,
     /// Idle shutdowns since start, for /metrics.
-    idle_shutdowns: std::sync::atomic::AtomicU64,
+    idle_shutdowns: AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -407,6 +542,26 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|_| ServiceError::Task)
 }
 
+fn audit<'a>(p: &'a Principal, action: &'a str, target: String, vm: Option<VmId>) -> AuditCtx<'a> {
+    AuditCtx {
+        actor: p.name.as_str(),
+        action,
+        target,
+        vm,
+        detail: String::new(),
+    }
+}
+
+/// The principal the daemon acts as (idle shutdowns, reconciliation, undoing undelivered
+/// shares).
+fn system() -> Principal {
+    Principal {
+        name: UserName::daemon(),
+        team: None,
+        admin: true,
+    }
+}
+
 impl Service {
     /// Builds the service over an open store and a hypervisor.
     pub fn new(cfg: Arc<Config>, store: Arc<Store>, hv: Arc<dyn Hypervisor>) -> Self {
@@ -416,13 +571,14 @@ impl Service {
             store,
             keys: Arc::new(Keyring::new()),
             hv,
-            vm_locks: Mutex::new(HashMap::new()),
+            vm_slots: Mutex::new(HashMap::new()),
             events,
             users_cache: Mutex::new(None),
             reported: Mutex::new(std::collections::HashSet::new()),
             idle: Mutex::new(idle::Tracker::new()),
             project_locks: Mutex::new(HashMap::new()),
-            idle_shutdowns: std::sync::atomic::AtomicU64::new(0),
+            key_locks: Mutex::new(HashMap::new()),
+            idle_shutdowns: AtomicU64::new(0),
         }
     }
 
@@ -497,12 +653,29 @@ impl Service {
         });
     }
 
+    fn emit_state(&self, vm: &Vm, state: VmState, reason: &str) {
+        self.emit(
+            "vm.state",
+            Some(vm),
+            serde_json::json!({"id": vm.id, "state": state, "reason": reason}),
+        );
+    }
+
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T> {
         let store = self.store.clone();
         Ok(blocking(move || f(&store)).await??)
+    }
+
+    /// A store call whose refusals carry service errors (checked mutations).
+    async fn db_checked<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        blocking(move || f(&store)).await?
     }
 
     async fn hv<T: Send + 'static>(
@@ -522,8 +695,17 @@ impl Service {
             .clone()
     }
 
-    fn vm_lock(&self, id: VmId) -> Arc<tokio::sync::Mutex<()>> {
-        self.vm_locks.lock().unwrap().entry(id).or_default().clone()
+    fn key_lock(&self, p: &ProjectName) -> Arc<tokio::sync::Mutex<()>> {
+        self.key_locks
+            .lock()
+            .unwrap()
+            .entry(p.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn vm_slot(&self, id: VmId) -> Arc<VmSlot> {
+        self.vm_slots.lock().unwrap().entry(id).or_default().clone()
     }
 
     // ----- principals -----
@@ -581,27 +763,36 @@ impl Service {
         }
     }
 
-    fn audit<'a>(
-        p: &'a Principal,
-        action: &'a str,
-        target: String,
-        vm: Option<VmId>,
-    ) -> AuditCtx<'a> {
-        AuditCtx {
-            actor: p.name.as_str(),
-            action,
-            target,
-            vm,
-            detail: String::new(),
-        }
-    }
-
     async fn is_member(&self, project: &ProjectName, user: &UserName) -> Result<bool> {
         let (p, u) = (project.clone(), user.clone());
         Ok(self
             .db(move |s| s.project(&p))
             .await?
             .is_some_and(|row| row.members.contains(&u)))
+    }
+
+    /// Records a failed attempt; a failure to record is logged (the attempt changed nothing).
+    async fn audit_failure(
+        &self,
+        p: &Principal,
+        action: &'static str,
+        target: String,
+        vm: Option<VmId>,
+        e: &ServiceError,
+    ) {
+        let actor = p.clone();
+        let outcome = e.outcome();
+        let detail = e.to_string();
+        let r = self
+            .db(move |s| {
+                let mut a = audit(&actor, action, target, vm);
+                a.detail = detail;
+                s.audit_outcome(&a, &outcome)
+            })
+            .await;
+        if let Err(err) = r {
+            tracing::warn!(action, error = %err, "cannot record a failed attempt");
+        }
     }
 
     // ----- health, me, users -----
@@ -647,1604 +838,94 @@ impl Service {
         self.db(|s| s.users()).await
     }
 
-    /// Registers or updates a user; idempotent.
+    /// Registers or updates a user; idempotent. A user holding roles or drives keeps their
+    /// team (checked in the transaction that writes).
     pub async fn put_user(&self, p: &Principal, user: User) -> Result<Changed<User>> {
         self.check(p, &Action::Admin(AdminAction::ManageUsers), "")?;
-        let n = user.name.clone();
-        let old = self.db(move |s| s.user(&n)).await?;
-        if old.is_some_and(|o| o.team != user.team) {
-            // Roles were granted inside the old team; moving the user would carry them
-            // across teams (sharing never crosses teams).
-            self.refuse_if_holding(&user.name, "change the team of")
-                .await?;
+        if user.name.is_reserved() {
+            return Err(ServiceError::Invalid(format!(
+                "The name {} is reserved for the daemon itself",
+                user.name
+            )));
         }
         let actor = p.clone();
         let u = user.clone();
         let change = self
-            .db(move |s| {
-                s.put_user(
-                    &Self::audit(&actor, "user.put", u.name.to_string(), None),
-                    &u,
-                )
-            })
-            .await?;
+            .db(move |s| s.put_user(&audit(&actor, "user.put", u.name.to_string(), None), &u))
+            .await
+            .map_err(|e| holdings_conflict(e, "change the team of"))?;
         Ok(Changed {
             change,
             object: user,
         })
     }
 
-    /// Removes a user; idempotent.
+    /// Removes a user; idempotent. A user holding roles or drives is refused.
     pub async fn delete_user(&self, p: &Principal, name: UserName) -> Result<Change> {
         self.check(p, &Action::Admin(AdminAction::ManageUsers), "")?;
-        // A deleted owner could leave VMs and drives nobody may manage.
-        self.refuse_if_holding(&name, "delete").await?;
         let actor = p.clone();
         self.db(move |s| {
-            s.delete_user(
-                &Self::audit(&actor, "user.delete", name.to_string(), None),
-                &name,
-            )
+            s.delete_user(&audit(&actor, "user.delete", name.to_string(), None), &name)
         })
         .await
-    }
-
-    async fn refuse_if_holding(&self, name: &UserName, what: &str) -> Result<()> {
-        let n = name.clone();
-        let held = self.db(move |s| s.holdings(&n)).await?;
-        if held > 0 {
-            return Err(ServiceError::Conflict {
-                code: "user_has_roles",
-                message: format!(
-                    "Cannot {what} user {name}: they hold {held} VM roles or drives; unshare and hand them over first"
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    // ----- projects and keys -----
-
-    /// Creates a project and its key; the shares are returned here and never again.
-    pub async fn create_project(
-        &self,
-        p: &Principal,
-        name: ProjectName,
-        members: Vec<UserName>,
-    ) -> Result<CreatedProject> {
-        self.check(p, &Action::Admin(AdminAction::CreateProject), "")?;
-        for m in &members {
-            let m2 = m.clone();
-            if self.db(move |s| s.user(&m2)).await?.is_none() {
-                return Err(ServiceError::Invalid(format!("User {m} is not registered")));
-            }
-        }
-        let nk = keys::generate();
-        let verifier = keys::verifier(&nk.key, &name);
-        let actor = p.clone();
-        let (n2, m2) = (name.clone(), members.clone());
-        self.db(move |s| {
-            s.create_project(
-                &Self::audit(&actor, "project.create", n2.to_string(), None),
-                &n2,
-                &m2,
-                &verifier,
-            )
-        })
-        .await?;
-        let lock = self.keys.status(&name, Instant::now());
-        Ok(CreatedProject {
-            project: ProjectView {
-                name,
-                members,
-                lock,
-            },
-            admin_share: nk.admin_share,
-            member_share: nk.member_share,
-        })
-    }
-
-    /// Projects the caller may see (admins: all).
-    pub async fn projects(&self, p: &Principal) -> Result<Vec<ProjectView>> {
-        self.check(p, &Action::Registered, "")?;
-        let now = Instant::now();
-        Ok(self
-            .db(|s| s.projects())
-            .await?
-            .into_iter()
-            .filter(|r| p.admin || r.members.contains(&p.name))
-            .map(|r| ProjectView {
-                lock: self.keys.status(&r.name, now),
-                name: r.name,
-                members: r.members,
-            })
-            .collect())
-    }
-
-    /// Adds or removes a project member; idempotent. Removing a member hides the project's
-    /// VMs from them at once and leaves running VMs alone.
-    pub async fn set_member(
-        &self,
-        p: &Principal,
-        project: ProjectName,
-        user: UserName,
-        present: bool,
-    ) -> Result<Change> {
-        self.check(p, &Action::Admin(AdminAction::ManageMembers), "")?;
-        let pr = project.clone();
-        if self.db(move |s| s.project(&pr)).await?.is_none() {
-            return Err(deny(
-                Denial::Hidden(policy::Hidden::Project),
-                project.as_str(),
-            ));
-        }
-        let u = user.clone();
-        if present && self.db(move |s| s.user(&u)).await?.is_none() {
-            return Err(ServiceError::Invalid(format!(
-                "User {user} is not registered"
-            )));
-        }
-        let actor = p.clone();
-        let action = if present {
-            "project.member_add"
-        } else {
-            "project.member_remove"
-        };
-        self.db(move |s| {
-            let mut a = Self::audit(&actor, action, project.to_string(), None);
-            a.detail = user.to_string();
-            s.set_member(&a, &project, &user, present)
-        })
-        .await
-    }
-
-    async fn project_row(
-        &self,
-        p: &Principal,
-        project: &ProjectName,
-    ) -> Result<crate::store::ProjectRow> {
-        let pr = project.clone();
-        let row = self.db(move |s| s.project(&pr)).await?;
-        match row {
-            Some(r) if p.admin || r.members.contains(&p.name) => Ok(r),
-            _ => Err(deny(
-                Denial::Hidden(policy::Hidden::Project),
-                project.as_str(),
-            )),
-        }
-    }
-
-    /// Takes one half of the project key.
-    pub async fn unlock(
-        &self,
-        p: &Principal,
-        project: ProjectName,
-        share: SecretBytes,
-    ) -> Result<LockStatus> {
-        let row = {
-            let pr = project.clone();
-            self.db(move |s| s.project(&pr)).await?
-        };
-        let member = row.as_ref().is_some_and(|r| r.members.contains(&p.name));
-        let half = match keys::parse_share(share.expose()) {
-            Ok((keys::Half::Admin, _)) => ShareHalf::Admin,
-            Ok((keys::Half::Member, _)) => ShareHalf::Member,
-            Err(e) => {
-                // Unknown projects answer 404 before a malformed share is judged.
-                if row.is_none() || !(p.admin || member) {
-                    return Err(deny(
-                        Denial::Hidden(policy::Hidden::Project),
-                        project.as_str(),
-                    ));
-                }
-                return Err(ServiceError::Share(e));
-            }
-        };
-        self.check(
-            p,
-            &Action::Unlock {
-                half,
-                project_member: member,
-            },
-            project.as_str(),
-        )?;
-        let Some(row) = row else {
-            return Err(deny(
-                Denial::Hidden(policy::Hidden::Project),
-                project.as_str(),
-            ));
-        };
-        let who = Submitter {
-            name: p.name.clone(),
-            admin: p.admin,
-            member,
-        };
-        let now = Instant::now();
-        let outcome = self
-            .keys
-            .submit(
-                &project,
-                &row.verifier,
-                share.expose(),
-                &who,
-                self.cfg.keys.unlock_window,
-                self.cfg.keys.unlock_ttl,
-                now,
-            )
-            .map_err(ServiceError::Share);
-        let actor = p.clone();
-        let (pr, half_name) = (
-            project.clone(),
-            if half == ShareHalf::Admin {
-                "admin"
-            } else {
-                "member"
-            },
-        );
-        let result_text = match &outcome {
-            Ok(UnlockOutcome::Pending) => "ok".to_string(),
-            Ok(UnlockOutcome::Unlocked) => "ok".to_string(),
-            Ok(UnlockOutcome::AlreadyUnlocked) => "ok".to_string(),
-            Err(_) => "denied".to_string(),
-        };
-        let detail = match &outcome {
-            Ok(o) => format!("{half_name} share; {o:?}"),
-            Err(e) => format!("{half_name} share; {e}"),
-        };
-        self.db(move |s| {
-            let mut a = Self::audit(&actor, "project.unlock", pr.to_string(), None);
-            a.detail = detail;
-            s.audit_outcome(&a, &result_text)
-        })
-        .await?;
-        let kind = match outcome? {
-            UnlockOutcome::Pending => "project.unlock_pending",
-            UnlockOutcome::Unlocked => "project.unlocked",
-            UnlockOutcome::AlreadyUnlocked => "",
-        };
-        if !kind.is_empty() {
-            self.emit_project(
-                kind,
-                project.clone(),
-                serde_json::json!({"project": project}),
-            );
-        }
-        Ok(self.keys.status(&project, Instant::now()))
-    }
-
-    /// Forgets the project key now.
-    pub async fn lock(&self, p: &Principal, project: ProjectName) -> Result<LockStatus> {
-        // One read serves both the membership fact and the existence check.
-        let pr = project.clone();
-        let row = self.db(move |s| s.project(&pr)).await?;
-        let member = row.as_ref().is_some_and(|r| r.members.contains(&p.name));
-        self.check(
-            p,
-            &Action::Lock {
-                project_member: member,
-            },
-            project.as_str(),
-        )?;
-        if row.is_none() {
-            return Err(deny(
-                Denial::Hidden(policy::Hidden::Project),
-                project.as_str(),
-            ));
-        }
-        let held = self.keys.lock(&project);
-        let actor = p.clone();
-        let pr = project.clone();
-        self.db(move |s| {
-            s.audit_outcome(
-                &Self::audit(&actor, "project.lock", pr.to_string(), None),
-                "ok",
-            )
-        })
-        .await?;
-        if held {
-            self.emit_project(
-                "project.locked",
-                project.clone(),
-                serde_json::json!({"project": project, "reason": "lock"}),
-            );
-        }
-        Ok(self.keys.status(&project, Instant::now()))
-    }
-
-    /// Re-keys an unlocked project: a new K and a new pair of shares (returned once); every
-    /// drive passphrase is re-wrapped in the same transaction, so the old pair opens nothing.
-    pub async fn resplit(&self, p: &Principal, project: ProjectName) -> Result<CreatedProject> {
-        self.check(p, &Action::Admin(AdminAction::CreateProject), "")?;
-        let plock = self.project_lock(&project);
-        let _excl = plock.write().await;
-        let row = self.project_row(p, &project).await?;
-        let now = Instant::now();
-        let old = self
-            .keys
-            .clone_key(&project, now)
-            .map_err(|e| ServiceError::Locked(e.to_string()))?;
-        let pr = project.clone();
-        let wrapped = self.db(move |s| s.project_drive_secrets(&pr)).await?;
-        let nk = keys::generate();
-        let mut rewrapped = Vec::with_capacity(wrapped.len());
-        for (id, w) in wrapped {
-            let pass = keys::unwrap(&old, &project, &id.to_string(), &w)
-                .map_err(|e| ServiceError::SecretCorrupt(e.to_string()))?;
-            rewrapped.push((id, keys::wrap(&nk.key, &project, &id.to_string(), &pass)));
-        }
-        let verifier = keys::verifier(&nk.key, &project);
-        let actor = p.clone();
-        let pr = project.clone();
-        self.db(move |s| {
-            s.rekey_project(
-                &Self::audit(&actor, "project.resplit", pr.to_string(), None),
-                &pr,
-                &verifier,
-                &rewrapped,
-            )
-        })
-        .await?;
-        let keys::NewKey {
-            key,
-            admin_share,
-            member_share,
-        } = nk;
-        self.keys
-            .replace(&project, key, self.cfg.keys.unlock_ttl, Instant::now());
-        Ok(CreatedProject {
-            project: ProjectView {
-                lock: self.keys.status(&project, Instant::now()),
-                name: project,
-                members: row.members,
-            },
-            admin_share,
-            member_share,
-        })
-    }
-
-    // ----- drives -----
-
-    /// Creates a LUKS qcow2 image with a fresh passphrase wrapped under the project key.
-    pub async fn create_drive(
-        &self,
-        p: &Principal,
-        project: ProjectName,
-        name: DriveName,
-        size_mib: u64,
-    ) -> Result<DriveView> {
-        // One read serves both the membership fact and the existence check.
-        let pr = project.clone();
-        let row = self.db(move |s| s.project(&pr)).await?;
-        let member = row.as_ref().is_some_and(|r| r.members.contains(&p.name));
-        self.check(
-            p,
-            &Action::CreateIn {
-                project_member: member,
-            },
-            project.as_str(),
-        )?;
-        if row.is_none() {
-            return Err(deny(
-                Denial::Hidden(policy::Hidden::Project),
-                project.as_str(),
-            ));
-        }
-        if size_mib == 0 || size_mib > MAX_DRIVE_MIB {
-            return Err(ServiceError::Invalid(format!(
-                "Field size_mib must be between 1 and {MAX_DRIVE_MIB}"
-            )));
-        }
-        let plock = self.project_lock(&project);
-        let _shared = plock.read().await;
-        let id = DriveId::new_random();
-        let passphrase = keys::new_passphrase();
-        let wrapped = self
-            .keys
-            .with_key(&project, Instant::now(), |k| {
-                keys::wrap(k, &project, &id.to_string(), &passphrase)
-            })
-            .map_err(|e| ServiceError::Locked(e.to_string()))?;
-        let drive = Drive {
-            id,
-            name,
-            project,
-            size_mib,
-            owners: vec![p.name.clone()],
-            attached_to: None,
-        };
-        let path = self.drive_path(id);
-        let p2 = path.clone();
-        blocking(move || {
-            // QEMU opens images as libvirt-qemu: the directory must be traversable (not
-            // listable) by others, whatever the daemon's umask (systemd gives it 0077).
-            ensure_dir(p2.parent().expect("drives dir"), 0o711)
-                .map_err(|e| HypervisorError::Image(e.to_string()))?;
-            image::create_luks_qcow2(&p2, size_mib, &passphrase)
-        })
-        .await??;
-        let actor = p.clone();
-        let d2 = drive.clone();
-        let res = self
-            .db(move |s| {
-                s.create_drive(
-                    &Self::audit(&actor, "drive.create", d2.id.to_string(), None),
-                    &d2,
-                    &wrapped,
-                )
-            })
-            .await;
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
-        Ok(drive.into())
-    }
-
-    fn drive_path(&self, id: DriveId) -> std::path::PathBuf {
-        self.cfg.drives_dir().join(format!("{id}.qcow2"))
-    }
-
-    async fn drive_for(&self, p: &Principal, id: DriveId) -> Result<(Drive, Vec<u8>)> {
-        let row = self.db(move |s| s.drive(id)).await?;
-        let Some((d, w)) = row else {
-            return Err(deny(Denial::Hidden(policy::Hidden::Drive), &id.to_string()));
-        };
-        let member = self.is_member(&d.project, &p.name).await?;
-        self.check(
-            p,
-            &Action::Drive(DriveFacts {
-                project_member: member,
-                owner: d.owners.contains(&p.name),
-            }),
-            &id.to_string(),
-        )?;
-        Ok((d, w))
-    }
-
-    /// Drives the caller owns, in projects the caller is a member of.
-    pub async fn drives(&self, p: &Principal) -> Result<Vec<DriveView>> {
-        self.check(p, &Action::Registered, "")?;
-        let projects = self.db(|s| s.projects()).await?;
-        let member_of: Vec<ProjectName> = projects
-            .into_iter()
-            .filter(|r| r.members.contains(&p.name))
-            .map(|r| r.name)
-            .collect();
-        Ok(self
-            .db(|s| s.drives())
-            .await?
-            .into_iter()
-            .filter(|d| d.owners.contains(&p.name) && member_of.contains(&d.project))
-            .map(DriveView::from)
-            .collect())
-    }
-
-    /// One drive (owners only).
-    pub async fn drive(&self, p: &Principal, id: DriveId) -> Result<DriveView> {
-        Ok(self.drive_for(p, id).await?.0.into())
-    }
-
-    /// Deletes a detached drive and its image.
-    pub async fn delete_drive(&self, p: &Principal, id: DriveId) -> Result<()> {
-        let (d, _) = self.drive_for(p, id).await?;
-        if let Some(vm) = d.attached_to {
-            return Err(ServiceError::Conflict {
-                code: "drive_attached",
-                message: format!("Drive {id} is attached to VM {vm}; detach it first"),
-            });
-        }
-        let actor = p.clone();
-        self.db(move |s| {
-            s.delete_drive(
-                &Self::audit(&actor, "drive.delete", id.to_string(), None),
-                id,
-            )
-        })
-        .await
-        .map_err(|e| match e {
-            ServiceError::Store(StoreError::Exists(_)) => ServiceError::Conflict {
-                code: "drive_attached",
-                message: format!("Drive {id} was attached meanwhile; detach it first"),
-            },
-            e => e,
-        })?;
-        let path = self.drive_path(id);
-        blocking(move || image::remove_image(&path)).await??;
-        Ok(())
-    }
-
-    // ----- VMs -----
-
-    async fn vm_facts(&self, p: &Principal, id: VmId) -> Result<(Vm, VmFacts)> {
-        let vm = self.db(move |s| s.vm(id)).await?;
-        let Some(vm) = vm else {
-            return Err(deny(Denial::Hidden(policy::Hidden::Vm), &id.to_string()));
-        };
-        let member = self.is_member(&vm.project, &p.name).await?;
-        let facts = VmFacts {
-            project_member: member,
-            role: vm.role_of(&p.name),
-            team: vm.team.clone(),
-            owners: vm.owners.len(),
-        };
-        Ok((vm, facts))
-    }
-
-    async fn vm_checked(&self, p: &Principal, id: VmId, a: VmAction) -> Result<Vm> {
-        self.vm_checked_for(p, id, a, None).await
-    }
-
-    /// As `vm_checked`, for drive operations: a hidden drive is named by its own id.
-    async fn vm_checked_for(
-        &self,
-        p: &Principal,
-        id: VmId,
-        a: VmAction,
-        drive: Option<DriveId>,
-    ) -> Result<Vm> {
-        let (vm, facts) = self.vm_facts(p, id).await?;
-        match policy::decide(p, &Action::Vm(a, facts)) {
-            Decision::Allow => Ok(vm),
-            Decision::Deny(d @ Denial::Hidden(policy::Hidden::Drive)) => {
-                Err(deny(d, &drive.map(|d| d.to_string()).unwrap_or_default()))
-            }
-            Decision::Deny(d) => Err(deny(d, &id.to_string())),
-        }
-    }
-
-    async fn view(&self, p: &Principal, vm: Vm) -> Result<VmView> {
-        let idle_status = (vm.state == VmState::Running).then(|| self.idle_status(&vm));
-        let role = vm.role_of(&p.name).unwrap_or(Role::User);
-        let drives = if role == Role::Owner {
-            let mut out = vec![];
-            for d in vm.drives.clone() {
-                if let Some((d, _)) = self.db(move |s| s.drive(d)).await? {
-                    out.push(d.into());
-                }
-            }
-            Some(out)
-        } else {
-            None
-        };
-        Ok(VmView::of(vm, role, drives, idle_status))
-    }
-
-    /// The host's idle defaults from `[idle]`.
-    fn idle_host(&self) -> idle::Effective {
-        let c = &self.cfg.idle;
-        idle::Effective {
-            enabled: c.enabled,
-            after: c.after,
-            warn_before: c.warn_before,
-            cpu_percent: c.cpu_percent,
-            io_bytes_per_sec: c.io_kib_per_sec * 1024.0,
-        }
-    }
-
-    fn idle_status(&self, vm: &Vm) -> IdleStatus {
-        let eff = self.idle_host().with(&vm.idle);
-        let at = self.idle.lock().unwrap().status(vm.id, &eff);
-        let now = tokio::time::Instant::now();
-        let wall = |t: tokio::time::Instant| {
-            let now_ms = crate::store::now_ms();
-            if t >= now {
-                now_ms + t.duration_since(now).as_millis() as i64
-            } else {
-                now_ms - now.duration_since(t).as_millis() as i64
-            }
-        };
-        IdleStatus {
-            enabled: eff.enabled,
-            after: eff.after,
-            idle_since_ms: at.map(|(s, _)| wall(s)),
-            shutdown_at_ms: at.map(|(_, d)| wall(d)),
-        }
-    }
-
-    fn check_size(vcpus: u32, memory_mib: u64) -> Result<()> {
-        if vcpus == 0 || vcpus > MAX_VCPUS {
-            return Err(ServiceError::Invalid(format!(
-                "Field vcpus must be between 1 and {MAX_VCPUS}"
-            )));
-        }
-        if !(16..=MAX_MEMORY_MIB).contains(&memory_mib) {
-            return Err(ServiceError::Invalid(format!(
-                "Field memory_mib must be between 16 and {MAX_MEMORY_MIB}"
-            )));
-        }
-        Ok(())
-    }
-
-    fn check_idle(&self, idle: &IdlePolicy) -> Result<()> {
-        if let Some(after) = idle.after {
-            if after > self.cfg.idle.max_after || after.is_zero() {
-                return Err(ServiceError::Invalid(format!(
-                    "Field idle.after must be longer than zero and at most {}",
-                    crate::config::format_duration(self.cfg.idle.max_after)
-                )));
-            }
-        }
-        if idle.enabled == Some(false) && !self.cfg.idle.owners_may_disable {
-            return Err(ServiceError::Invalid(
-                "This host does not let owners disable idle shutdown".into(),
-            ));
-        }
-        if let Some(c) = idle.cpu_percent {
-            if !(0.0..=10_000.0).contains(&c) {
-                return Err(ServiceError::Invalid(
-                    "Field idle.cpu_percent must be a percentage".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Creates a VM configuration; the caller becomes its first owner and must own the drives.
-    pub async fn create_vm(&self, p: &Principal, req: NewVm) -> Result<VmView> {
-        let member = self.is_member(&req.project, &p.name).await?;
-        self.check(
-            p,
-            &Action::CreateIn {
-                project_member: member,
-            },
-            req.project.as_str(),
-        )?;
-        Self::check_size(req.vcpus, req.memory_mib)?;
-        let idle = req.idle.unwrap_or_default();
-        self.check_idle(&idle)?;
-        let Some(team) = p.team.clone() else {
-            return Err(ServiceError::Invalid(
-                "Register with a team before creating VMs".into(),
-            ));
-        };
-        let mut seen = std::collections::HashSet::new();
-        for d in &req.drives {
-            if !seen.insert(*d) {
-                return Err(ServiceError::Invalid(format!("Drive {d} is listed twice")));
-            }
-            let (drive, _) = self.drive_for(p, *d).await?;
-            self.drive_fits(&drive, &req.project, None)?;
-        }
-        let vm = Vm {
-            id: VmId::new_random(),
-            name: req.name,
-            project: req.project,
-            team,
-            vcpus: req.vcpus,
-            memory_mib: req.memory_mib,
-            owners: vec![p.name.clone()],
-            users: vec![],
-            drives: req.drives,
-            idle,
-            state: VmState::Stopped,
-            state_reason: "created".into(),
-        };
-        let actor = p.clone();
-        let v2 = vm.clone();
-        self.db(move |s| {
-            s.create_vm(
-                &Self::audit(&actor, "vm.create", v2.id.to_string(), Some(v2.id)),
-                &v2,
-            )
-        })
-        .await
-        .map_err(|e| match e {
-            ServiceError::Store(StoreError::Exists(what)) if what.starts_with("Attachment") => {
-                ServiceError::Conflict {
-                    code: "drive_attached",
-                    message: "A listed drive was attached elsewhere meanwhile".into(),
-                }
-            }
-            e => e,
-        })?;
-        self.emit(
-            "vm.created",
-            Some(&vm),
-            serde_json::json!({"id": vm.id, "name": vm.name}),
-        );
-        self.view(p, vm).await
-    }
-
-    fn drive_fits(&self, d: &Drive, project: &ProjectName, vm: Option<VmId>) -> Result<()> {
-        if d.project != *project {
-            return Err(ServiceError::Conflict {
-                code: "project_mismatch",
-                message: format!("Drive {} belongs to another project", d.id),
-            });
-        }
-        match d.attached_to {
-            Some(other) if Some(other) == vm => Ok(()),
-            Some(_) => Err(ServiceError::Conflict {
-                code: "drive_attached",
-                message: format!("Drive {} is attached to another VM; detach it first", d.id),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// VMs the caller holds a role on, in projects the caller is a member of.
-    pub async fn vms(&self, p: &Principal) -> Result<Vec<VmView>> {
-        self.check(p, &Action::Registered, "")?;
-        let projects = self.db(|s| s.projects()).await?;
-        let member_of: std::collections::HashSet<ProjectName> = projects
-            .into_iter()
-            .filter(|r| r.members.contains(&p.name))
-            .map(|r| r.name)
-            .collect();
-        let vms = self.db(|s| s.vms()).await?;
-        let mut drive_cache: Option<HashMap<DriveId, Drive>> = None;
-        let mut out = vec![];
-        for vm in vms {
-            if !member_of.contains(&vm.project) {
-                continue;
-            }
-            let Some(role) = vm.role_of(&p.name) else {
-                continue;
-            };
-            let drives = if role == Role::Owner {
-                if drive_cache.is_none() {
-                    drive_cache = Some(
-                        self.db(|s| s.drives())
-                            .await?
-                            .into_iter()
-                            .map(|d| (d.id, d))
-                            .collect(),
-                    );
-                }
-                let cache = drive_cache.as_ref().expect("filled");
-                Some(
-                    vm.drives
-                        .iter()
-                        .filter_map(|d| cache.get(d).cloned().map(DriveView::from))
-                        .collect(),
-                )
-            } else {
-                None
-            };
-            out.push(VmView::of(vm, role, drives, None));
-        }
-        Ok(out)
-    }
-
-    /// One VM.
-    pub async fn vm(&self, p: &Principal, id: VmId) -> Result<VmView> {
-        let vm = self.vm_checked(p, id, VmAction::View).await?;
-        self.view(p, vm).await
-    }
-
-    /// Changes size or idle policy (owners). Size changes apply at the next start.
-    pub async fn update_vm(
-        &self,
-        p: &Principal,
-        id: VmId,
-        patch: VmPatch,
-    ) -> Result<Changed<VmView>> {
-        let lock = self.vm_lock(id);
-        let _g = lock.lock().await;
-        let vm = self.vm_checked(p, id, VmAction::Update).await?;
-        let vcpus = patch.vcpus.unwrap_or(vm.vcpus);
-        let memory = patch.memory_mib.unwrap_or(vm.memory_mib);
-        Self::check_size(vcpus, memory)?;
-        let idle = patch.idle.unwrap_or(vm.idle.clone());
-        self.check_idle(&idle)?;
-        let actor = p.clone();
-        let i2 = idle.clone();
-        let change = self
-            .db(move |s| {
-                s.update_vm(
-                    &Self::audit(&actor, "vm.update", id.to_string(), Some(id)),
-                    id,
-                    vcpus,
-                    memory,
-                    &i2,
-                )
-            })
-            .await?;
-        let vm = self.vm_checked(p, id, VmAction::View).await?;
-        Ok(Changed {
-            change,
-            object: self.view(p, vm).await?,
-        })
-    }
-
-    /// Deletes a stopped VM; its drives stay, detached, with their owners.
-    pub async fn delete_vm(&self, p: &Principal, id: VmId) -> Result<()> {
-        let lock = self.vm_lock(id);
-        let _g = lock.lock().await;
-        let vm = self.vm_checked(p, id, VmAction::Delete).await?;
-        if self.hv(move |h| h.is_running(id)).await? {
-            return Err(ServiceError::Conflict {
-                code: "vm_running",
-                message: format!("VM {id} is running; stop it first"),
-            });
-        }
-        let actor = p.clone();
-        self.db(move |s| {
-            s.delete_vm(
-                &Self::audit(&actor, "vm.delete", id.to_string(), Some(id)),
-                id,
-            )
-        })
-        .await?;
-        let members = self
-            .project_row(p, &vm.project)
-            .await
-            .map(|r| r.members)
-            .unwrap_or_default();
-        let _ = self.events.send(Event {
-            kind: "vm.deleted",
-            vm: Some(id),
-            project: Some(vm.project.clone()),
-            drive: None,
-            audience: Some(
-                vm.owners
-                    .iter()
-                    .chain(&vm.users)
-                    .filter(|u| members.contains(u))
-                    .cloned()
-                    .collect(),
-            ),
-            data: serde_json::json!({"id": id}),
-            at_ms: crate::store::now_ms(),
-        });
-        self.vm_locks.lock().unwrap().remove(&id);
-        Ok(())
-    }
-
-    /// Owners and users of a VM.
-    pub async fn members(&self, p: &Principal, id: VmId) -> Result<Members> {
-        let vm = self.vm_checked(p, id, VmAction::Members).await?;
-        Ok(Members {
-            owners: vm.owners,
-            users: vm.users,
-        })
-    }
-
-    async fn target_facts(&self, p: &Principal, vm: &Vm, target: &UserName) -> Result<TargetFacts> {
-        let t = target.clone();
-        let user = self.db(move |s| s.user(&t)).await?;
-        Ok(TargetFacts {
-            team: user.map(|u| u.team),
-            project_member: self.is_member(&vm.project, target).await?,
-            role: vm.role_of(target),
-            is_self: *target == p.name,
-        })
-    }
-
-    /// Grants or changes a role (sharing rules 1-5, 7).
-    pub async fn share(
-        &self,
-        p: &Principal,
-        id: VmId,
-        target: UserName,
-        role: Role,
-        confirm: bool,
-    ) -> Result<Changed<Members>> {
-        let lock = self.vm_lock(id);
-        let _g = lock.lock().await;
-        let (vm, facts) = self.vm_facts(p, id).await?;
-        let tf = self.target_facts(p, &vm, &target).await?;
-        let decision = policy::decide(
-            p,
-            &Action::Share {
-                vm: facts,
-                target: tf,
-                role,
-                confirm,
-                max_owners: self.cfg.sharing.max_owners,
-            },
-        );
-        if let Decision::Deny(d) = decision {
-            let what = match d {
-                Denial::Hidden(policy::Hidden::User) => target.to_string(),
-                _ => id.to_string(),
-            };
-            let e = deny(d, &what);
-            self.audit_denied(p, "vm.share", &target, id, &e);
-            return Err(e);
-        }
-        let actor = p.clone();
-        let t2 = target.clone();
-        let change = self
-            .db(move |s| {
-                let mut a = Self::audit(&actor, "vm.share", t2.to_string(), Some(id));
-                a.detail = role.as_str().into();
-                s.set_role(&a, id, &t2, Some(role))
-            })
-            .await?;
-        if change != Change::Unchanged {
-            self.emit(
-                "vm.shared",
-                Some(&vm),
-                serde_json::json!({"id": id, "user": target, "role": role}),
-            );
-        }
-        let vm = self
-            .db(move |s| s.vm(id))
-            .await?
-            .ok_or_else(|| deny(Denial::Hidden(policy::Hidden::Vm), &id.to_string()))?;
-        Ok(Changed {
-            change,
-            object: Members {
-                owners: vm.owners,
-                users: vm.users,
-            },
-        })
-    }
-
-    fn audit_denied(
-        &self,
-        p: &Principal,
-        action: &str,
-        target: &UserName,
-        vm: VmId,
-        e: &ServiceError,
-    ) {
-        let code = match e {
-            ServiceError::Denied(d) => format!("denied:{:?}", d.denial),
-            other => format!("failed:{other}"),
-        };
-        let a = AuditCtx {
-            actor: p.name.as_str(),
-            action,
-            target: target.to_string(),
-            vm: Some(vm),
-            detail: String::new(),
-        };
-        if let Err(err) = self.store.audit_outcome(&a, &code) {
-            tracing::warn!(error = %err, "cannot record a denied attempt");
-        }
-    }
-
-    /// Removes a role (rule 6); idempotent.
-    pub async fn unshare(
-        &self,
-        p: &Principal,
-        id: VmId,
-        target: UserName,
-    ) -> Result<Changed<Members>> {
-        let lock = self.vm_lock(id);
-        let _g = lock.lock().await;
-        let (vm, facts) = self.vm_facts(p, id).await?;
-        let tf = self.target_facts(p, &vm, &target).await?;
-        self.check(
-            p,
-            &Action::Unshare {
-                vm: facts,
-                target: tf.clone(),
-            },
-            &id.to_string(),
-        )
-        .inspect_err(|e| self.audit_denied(p, "vm.unshare", &target, id, e))?;
-        let change = if tf.role.is_none() {
-            Change::Unchanged
-        } else {
-            let actor = p.clone();
-            let t2 = target.clone();
-            self.db(move |s| {
-                s.set_role(
-                    &Self::audit(&actor, "vm.unshare", t2.to_string(), Some(id)),
-                    id,
-                    &t2,
-                    None,
-                )
-            })
-            .await?
-        };
-        if change != Change::Unchanged {
-            self.emit(
-                "vm.unshared",
-                Some(&vm),
-                serde_json::json!({"id": id, "user": target}),
-            );
-        }
-        let vm = self
-            .db(move |s| s.vm(id))
-            .await?
-            .ok_or_else(|| deny(Denial::Hidden(policy::Hidden::Vm), &id.to_string()))?;
-        Ok(Changed {
-            change,
-            object: Members {
-                owners: vm.owners,
-                users: vm.users,
-            },
-        })
-    }
-
-    // ----- lifecycle -----
-
-    fn unwrap_disks(&self, vm: &Vm, drives: Vec<(Drive, Vec<u8>)>) -> Result<Vec<DiskSpec>> {
-        let now = Instant::now();
-        self.keys
-            .with_key(&vm.project, now, |k| {
-                drives
-                    .into_iter()
-                    .map(|(d, w)| {
-                        let passphrase = keys::unwrap(k, &vm.project, &d.id.to_string(), &w)
-                            .map_err(|e| {
-                                // The drive id goes to the operator's log only: a user of
-                                // the VM must not learn it from the error.
-                                tracing::error!(vm = %vm.id, error = %e, "refusing to launch");
-                                ServiceError::SecretCorrupt(format!(
-                                    "A drive of VM {} has a wrapped passphrase that fails authentication (the stored value was altered); nothing was started",
-                                    vm.id
-                                ))
-                            })?;
-                        Ok(DiskSpec {
-                            drive: d.id,
-                            path: self.drive_path(d.id),
-                            passphrase,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .map_err(|e| ServiceError::Locked(e.to_string()))?
-    }
-
-    /// Launches the VM from its encrypted drives.
-    pub async fn start(&self, p: &Principal, id: VmId) -> Result<VmView> {
-        let lock = self.vm_lock(id);
-        let _g = lock.lock().await;
-        let vm = self.vm_checked(p, id, VmAction::Start).await?;
-        let r = self.launch(p, &vm).await;
-        let r = match (r, vm.role_of(&p.name)) {
-            (Err(e), Some(Role::User)) => Err(self.scrub_drives(e, &vm)),
-            (r, _) => r,
-        };
-        if let Err(e) = &r {
-            let actor = p.clone();
-            let detail = e.to_string();
-            let _ = self
-                .db(move |s| {
-                    let mut a = Self::audit(&actor, "vm.start", id.to_string(), Some(id));
-                    a.detail = detail;
-                    s.audit_outcome(&a, "failed")
-                })
-                .await;
-        }
-        r?;
-        let vm = self
-            .db(move |s| s.vm(id))
-            .await?
-            .ok_or_else(|| deny(Denial::Hidden(policy::Hidden::Vm), &id.to_string()))?;
-        self.emit(
-            "vm.state",
-            Some(&vm),
-            serde_json::json!({"id": id, "state": "running", "reason": "start"}),
-        );
-        self.view(p, vm).await
-    }
-
-    async fn launch(&self, p: &Principal, vm: &Vm) -> Result<()> {
-        let id = vm.id;
-        if vm.drives.is_empty() {
-            return Err(ServiceError::Conflict {
-                code: "no_drive",
-                message: format!("VM {id} has no drive; attach one before starting it"),
-            });
-        }
-        if self.hv(move |h| h.is_running(id)).await? {
-            return Err(ServiceError::Conflict {
-                code: "vm_running",
-                message: format!("VM {id} is already running"),
-            });
-        }
-        let mut drives = vec![];
-        for d in vm.drives.clone() {
-            if let Some(row) = self.db(move |s| s.drive(d)).await? {
-                drives.push(row);
-            }
-        }
-        let plock = self.project_lock(&vm.project);
-        let _shared = plock.read().await;
-        let disks = self.unwrap_disks(vm, drives)?;
-        let logs = self.cfg.logs_dir();
-        let spec = DomainSpec {
-            id,
-            name: vm.name.clone(),
-            project: vm.project.clone(),
-            vcpus: vm.vcpus,
-            memory_mib: vm.memory_mib,
-            disks,
-            serial_log: logs.join(format!("{id}.serial.log")),
-        };
-        self.hv(move |h| {
-            // libvirt opens serial logs itself, as root: private to the daemon.
-            ensure_dir(&logs, 0o700).map_err(|e| HypervisorError::Failed(e.to_string()))?;
-            h.launch(&spec)
-        })
-        .await?;
-        let actor = p.clone();
-        self.db(move |s| {
-            s.set_state(
-                &Self::audit(&actor, "vm.start", id.to_string(), Some(id)),
-                id,
-                VmState::Running,
-                "start",
-            )
-        })
-        .await
-    }
-
-    /// A user of a VM never learns its drives: libvirt and QEMU messages name image paths,
-    /// so those are replaced before the error reaches a user.
-    fn scrub_drives(&self, e: ServiceError, vm: &Vm) -> ServiceError {
-        let scrub = |msg: String| {
-            let mut m = msg.replace(&self.cfg.drives_dir().display().to_string(), "[drives]");
-            for d in &vm.drives {
-                m = m.replace(&d.to_string(), "[drive]");
-            }
-            m
-        };
-        match e {
-            ServiceError::Hypervisor(HypervisorError::Failed(m)) => {
-                ServiceError::Hypervisor(HypervisorError::Failed(scrub(m)))
-            }
-            ServiceError::Hypervisor(HypervisorError::Image(m)) => {
-                ServiceError::Hypervisor(HypervisorError::Image(scrub(m)))
-            }
-            other => other,
-        }
-    }
-
-    /// Stops the VM: ACPI shutdown, then destroy after `libvirt.shutdown_timeout`
-    /// (or at once with `force`).
-    pub async fn stop(&self, p: &Principal, id: VmId, force: bool) -> Result<VmView> {
-        let vm = self.vm_checked(p, id, VmAction::Stop).await?;
-        self.stop_inner(p, vm, force, "stop").await?;
-        let vm = self.vm_checked(p, id, VmAction::View).await?;
-        self.view(p, vm).await
-    }
-
-    async fn stop_inner(
-        &self,
-        p: &Principal,
-        vm: Vm,
-        force: bool,
-        reason: &'static str,
-    ) -> Result<()> {
-        let id = vm.id;
-        let lock = self.vm_lock(id);
-        let _g = lock.lock().await;
-        let timeout = if reason == "idle" {
-            self.cfg.idle.shutdown_timeout
-        } else {
-            self.cfg.libvirt.shutdown_timeout
-        };
-        let how = self
-            .hv(move |h| {
-                if !force {
-                    match h.shutdown(id) {
-                        Ok(()) => {}
-                        Err(HypervisorError::NoDomain) => return Ok("not_running"),
-                        Err(e) => return Err(e),
-                    }
-                    let deadline = Instant::now() + timeout;
-                    while Instant::now() < deadline {
-                        if !h.is_running(id)? {
-                            return Ok("acpi");
-                        }
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                }
-                match h.destroy(id) {
-                    Ok(()) => Ok("destroy"),
-                    Err(HypervisorError::NoDomain) => {
-                        Ok(if force { "not_running" } else { "acpi" })
-                    }
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
-        let actor = p.clone();
-        self.db(move |s| {
-            let mut a = Self::audit(
-                &actor,
-                match reason {
-                    "admin" => "host.stop",
-                    "idle" => "vm.idle_shutdown",
-                    _ => "vm.stop",
-                },
-                id.to_string(),
-                Some(id),
-            );
-            a.detail = format!("reason={reason} via={how}");
-            s.set_state(&a, id, VmState::Stopped, reason)
-        })
-        .await?;
-        self.emit(
-            "vm.state",
-            Some(&vm),
-            serde_json::json!({"id": id, "state": "stopped", "reason": reason}),
-        );
-        Ok(())
-    }
-
-    /// Restarts the idle clock (idle shutdown itself is the `idle` module's).
-    pub async fn keepalive(&self, p: &Principal, id: VmId) -> Result<VmView> {
-        let vm = self.vm_checked(p, id, VmAction::Keepalive).await?;
-        self.idle
-            .lock()
-            .unwrap()
-            .keepalive(id, tokio::time::Instant::now());
-        let actor = p.clone();
-        self.db(move |s| {
-            s.audit_outcome(
-                &Self::audit(&actor, "vm.keepalive", id.to_string(), Some(id)),
-                "ok",
-            )
-        })
-        .await?;
-        self.view(p, vm).await
-    }
-
-    // ----- drives on VMs -----
-
-    /// Attaches a drive the caller owns to a VM the caller owns (hot when running).
-    pub async fn attach(&self, p: &Principal, id: VmId, drive: DriveId) -> Result<Changed<VmView>> {
-        let lock = self.vm_lock(id);
-        let _g = lock.lock().await;
-        let vm = self
-            .vm_checked_for(p, id, VmAction::Attach, Some(drive))
-            .await?;
-        let (d, wrapped) = self.drive_for(p, drive).await?;
-        self.drive_fits(&d, &vm.project, Some(id))?;
-        if d.attached_to == Some(id) {
-            return Ok(Changed {
-                change: Change::Unchanged,
-                object: self.view(p, vm).await?,
-            });
-        }
-        let plock = self.project_lock(&vm.project);
-        let _shared = plock.read().await;
-        // Claim the drive in the store first (the claim fails if another attach won), then
-        // hot-plug; a failed hot-plug gives the drive back as it was.
-        let actor = p.clone();
-        let previous = d.owners.clone();
-        self.db(move |s| {
-            let mut a = Self::audit(&actor, "drive.attach", drive.to_string(), Some(id));
-            a.detail = format!(
-                "from_owner={}",
-                previous
-                    .iter()
-                    .map(|o| o.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            s.attach(&a, id, drive)
-        })
-        .await
-        .map_err(|e| match e {
-            ServiceError::Store(StoreError::Exists(_)) => ServiceError::Conflict {
-                code: "drive_attached",
-                message: format!("Drive {drive} was attached elsewhere meanwhile"),
-            },
-            e => e,
-        })?;
-        let hot = async {
-            if self.hv(move |h| h.is_running(id)).await? {
-                let disks = self.unwrap_disks(&vm, vec![(d.clone(), wrapped)])?;
-                let disk = disks.into_iter().next().expect("one disk");
-                self.hv(move |h| h.attach_disk(id, &disk)).await?;
-            }
-            Ok::<(), ServiceError>(())
-        }
-        .await;
-        if let Err(e) = hot {
-            let actor = p.clone();
-            let owners = d.owners.clone();
-            self.db(move |s| {
-                s.release(
-                    &Self::audit(&actor, "drive.attach_undone", drive.to_string(), Some(id)),
-                    drive,
-                    &owners,
-                )
-            })
-            .await?;
-            return Err(e);
-        }
-        self.emit_drive(
-            "drive.attached",
-            Some(&vm),
-            Some(drive),
-            serde_json::json!({"id": id}),
-        );
-        let vm = self.vm_checked(p, id, VmAction::View).await?;
-        Ok(Changed {
-            change: Change::Created,
-            object: self.view(p, vm).await?,
-        })
-    }
-
-    /// Detaches a drive (hot when running); the caller keeps it.
-    pub async fn detach(&self, p: &Principal, id: VmId, drive: DriveId) -> Result<Changed<VmView>> {
-        let lock = self.vm_lock(id);
-        let _g = lock.lock().await;
-        let vm = self
-            .vm_checked_for(p, id, VmAction::Detach, Some(drive))
-            .await?;
-        let (d, _) = self.drive_for(p, drive).await?;
-        if d.attached_to.is_none() {
-            // Already detached (a repeated DELETE): nothing to do.
-            return Ok(Changed {
-                change: Change::Unchanged,
-                object: self.view(p, vm).await?,
-            });
-        }
-        if d.attached_to != Some(id) {
-            return Err(ServiceError::NotFound(format!(
-                "Drive {drive} is not attached to VM {id}"
-            )));
-        }
-        if self.hv(move |h| h.is_running(id)).await? {
-            let t = self.cfg.libvirt.detach_timeout;
-            self.hv(move |h| h.detach_disk(id, drive, t)).await?;
-        }
-        let actor = p.clone();
-        let keeper = p.name.clone();
-        self.db(move |s| {
-            s.detach(
-                &Self::audit(&actor, "drive.detach", drive.to_string(), Some(id)),
-                drive,
-                &keeper,
-            )
-        })
-        .await?;
-        self.emit_drive(
-            "drive.detached",
-            Some(&vm),
-            Some(drive),
-            serde_json::json!({"id": id}),
-        );
-        let vm = self.vm_checked(p, id, VmAction::View).await?;
-        Ok(Changed {
-            change: Change::Removed,
-            object: self.view(p, vm).await?,
-        })
-    }
-
-    // ----- host -----
-
-    /// Inventory for admins: no drive details.
-    pub async fn host_vms(&self, p: &Principal) -> Result<Vec<HostVm>> {
-        self.check(p, &Action::Admin(AdminAction::HostInventory), "")?;
-        let default_enabled = self.cfg.idle.enabled;
-        Ok(self
-            .db(|s| s.vms())
-            .await?
-            .into_iter()
-            .map(|v| HostVm {
-                idle_enabled: default_enabled && v.idle.enabled.unwrap_or(true),
-                id: v.id,
-                name: v.name,
-                project: v.project,
-                state: v.state,
-                state_reason: v.state_reason,
-                vcpus: v.vcpus,
-                memory_mib: v.memory_mib,
-            })
-            .collect())
-    }
-
-    /// Stops any VM for resource management, audited with reason `admin`.
-    pub async fn host_stop(&self, p: &Principal, id: VmId, force: bool) -> Result<()> {
-        self.check(p, &Action::Admin(AdminAction::HostStop), "")?;
-        let vm = self
-            .db(move |s| s.vm(id))
-            .await?
-            .ok_or_else(|| deny(Denial::Hidden(policy::Hidden::Vm), &id.to_string()))?;
-        self.stop_inner(p, vm, force, "admin").await
-    }
-
-    /// Audit entries: everything for admins, entries of the caller's VMs otherwise.
-    pub async fn audit_log(&self, p: &Principal, mut f: AuditFilter) -> Result<Vec<AuditEntry>> {
-        self.check(p, &Action::Registered, "")?;
-        let mut user_of = std::collections::HashSet::new();
-        if !p.admin {
-            let mine = self.vms(p).await?;
-            user_of = mine
-                .iter()
-                .filter(|v| v.role == Role::User)
-                .map(|v| v.id)
-                .collect();
-            f.vms_allowed = Some(mine.into_iter().map(|v| v.id).collect());
-        }
-        let mut rows = self.db(move |s| s.audit(&f)).await?;
-        // Users of a VM see its history without its drives: drive entries go, details blank.
-        rows.retain_mut(|e| {
-            let vm = e.vm.as_deref().and_then(|v| v.parse::<VmId>().ok());
-            match vm {
-                Some(v) if user_of.contains(&v) => {
-                    e.detail.clear();
-                    !e.action.starts_with("drive.")
-                }
-                _ => true,
-            }
-        });
-        Ok(rows)
-    }
-
-    // ----- background -----
-
-    /// Logs each domain vmwarden does not manage once; never touches it.
-    fn report_foreign(&self, domains: &[crate::hypervisor::DomainInfo], vms: &[Vm]) {
-        let mut reported = self.reported.lock().unwrap();
-        reported.retain(|n| domains.iter().any(|d| &d.name == n));
-        for d in domains {
-            if d.vm.is_some_and(|id| vms.iter().any(|v| v.id == id))
-                || !reported.insert(d.name.clone())
-            {
-                continue;
-            }
-            match d.vm {
-                Some(id) if vms.iter().any(|v| v.id == id) => {}
-                Some(id) => {
-                    tracing::warn!(domain = %d.name, vm = %id, "domain carries vmwarden metadata but its VM is unknown; left running")
-                }
-                None => {
-                    tracing::info!(domain = %d.name, "domain not managed by vmwarden; left alone")
-                }
-            }
-        }
-    }
-
-    /// Aligns the store with libvirt: a VM whose domain runs is running, one without a domain
-    /// is stopped. Domains vmwarden does not know are reported, never touched.
-    pub async fn reconcile(&self) -> Result<()> {
-        let domains = self.hv(|h| h.list()).await?;
-        let vms = self.db(|s| s.vms()).await?;
-        let running: std::collections::HashSet<VmId> =
-            domains.iter().filter_map(|d| d.vm).collect();
-        self.report_foreign(&domains, &vms);
-        // Locks nobody holds are dropped, so ids named in requests do not accumulate.
-        self.vm_locks
-            .lock()
-            .unwrap()
-            .retain(|_, l| Arc::strong_count(l) > 1);
-        self.project_locks
-            .lock()
-            .unwrap()
-            .retain(|_, l| Arc::strong_count(l) > 1);
-        for vm in vms {
-            let is = running.contains(&vm.id);
-            let reason = if is { "found_running" } else { "exited" };
-            if (vm.state == VmState::Running) != is {
-                self.settle(vm.id, reason).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Records what libvirt says about one VM, under the VM's lock and after asking libvirt
-    /// again: a stop or start in flight holds the lock and records its own reason, and this
-    /// must not overwrite it with a stale observation.
-    pub async fn settle(&self, id: VmId, reason: &'static str) -> Result<()> {
-        let lock = self.vm_lock(id);
-        let _g = lock.lock().await;
-        let Some(vm) = self.db(move |s| s.vm(id)).await? else {
-            return Ok(());
-        };
-        let is = self.hv(move |h| h.is_running(id)).await?;
-        let state = if is {
-            VmState::Running
-        } else {
-            VmState::Stopped
-        };
-        if vm.state == state {
-            return Ok(());
-        }
-        let actor = Self::system();
-        self.db(move |s| {
-            let mut a = Self::audit(&actor, "vm.state", id.to_string(), Some(id));
-            a.detail = format!("state={} reason={reason}", state.as_str());
-            s.set_state(&a, id, state, reason)
-        })
-        .await?;
-        self.emit(
-            "vm.state",
-            Some(&vm),
-            serde_json::json!({"id": id, "state": state, "reason": reason}),
-        );
-        Ok(())
-    }
-
-    fn system() -> Principal {
-        Principal {
-            name: UserName::parse("vmwardend").expect("valid"),
-            team: None,
-            admin: true,
-        }
-    }
-
-    /// Applies one libvirt lifecycle event: the store follows within the event's latency,
-    /// with the reason libvirt gave. After a reconnection, everything is reconciled.
-    pub async fn on_lifecycle(&self, ev: LifecycleEvent) -> Result<()> {
-        match ev {
-            LifecycleEvent::Reconnected => self.reconcile().await,
-            LifecycleEvent::Started { name } => match name.parse::<VmId>() {
-                Ok(id) => self.settle(id, "started").await,
-                Err(_) => Ok(()),
-            },
-            LifecycleEvent::Stopped { name, reason } => match name.parse::<VmId>() {
-                Ok(id) => {
-                    self.idle.lock().unwrap().forget(id);
-                    self.settle(id, reason.as_str()).await
-                }
-                Err(_) => Ok(()),
-            },
-        }
-    }
-
-    /// Idle shutdowns since start.
-    pub fn idle_shutdowns(&self) -> u64 {
-        self.idle_shutdowns
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// One idle sweep: one bulk-stats call for every domain, one decision per running VM.
-    /// Warnings become events; shutdowns run in the background (ACPI, then destroy after
-    /// `idle.shutdown_timeout`) and are recorded with reason `idle`.
-    pub async fn idle_sweep(self: &Arc<Self>) -> Result<()> {
-        let stats = self.hv(|h| h.stats()).await?;
-        let vms: HashMap<VmId, Vm> = self
-            .db(|s| s.vms())
-            .await?
-            .into_iter()
-            .filter(|v| v.state == VmState::Running)
-            .map(|v| (v.id, v))
-            .collect();
-        let now = tokio::time::Instant::now();
-        let samples = stats.iter().filter(|st| st.running).filter_map(|st| {
-            let vm = vms.get(&st.vm?)?;
-            Some((
-                vm.id,
-                idle::Sample {
-                    at: now,
-                    cpu_time_ns: st.cpu_time_ns,
-                    io_bytes: st.block_bytes + st.net_bytes,
-                },
-                self.idle_host().with(&vm.idle),
-            ))
-        });
-        let decisions = self.idle.lock().unwrap().sweep(samples);
-        for (id, d) in decisions {
-            let vm = &vms[&id];
-            match d {
-                idle::Decision::Warn { deadline } => {
-                    let at = crate::store::now_ms()
-                        + deadline.saturating_duration_since(now).as_millis() as i64;
-                    self.emit(
-                        "vm.idle_warning",
-                        Some(vm),
-                        serde_json::json!({"id": id, "deadline_ms": at}),
-                    );
-                }
-                idle::Decision::Shutdown => {
-                    self.idle.lock().unwrap().forget(id);
-                    self.idle_shutdowns
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.emit("vm.idle_shutdown", Some(vm), serde_json::json!({"id": id}));
-                    let (svc, vm) = (self.clone(), vm.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = svc.stop_inner(&Self::system(), vm, false, "idle").await {
-                            tracing::warn!(vm = %id, error = %e, "idle shutdown failed");
-                        }
-                    });
-                }
-                idle::Decision::Active | idle::Decision::Idle { .. } => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Zeroizes expired keys and pending halves; announces projects that locked by TTL.
-    pub fn sweep_keys(&self) {
-        for project in self.keys.sweep(Instant::now()) {
-            self.emit_project(
-                "project.locked",
-                project.clone(),
-                serde_json::json!({"project": project, "reason": "ttl"}),
-            );
-        }
+        .map_err(|e| holdings_conflict(e, "delete"))
     }
 }
+
+/// The refusal of a principal that is neither registered nor an admin.
+pub fn unregistered(name: &UserName) -> ServiceError {
+    ServiceError::Denied(DenialMsg {
+        denial: Denial::Unregistered,
+        message: format!("{name} is not a registered vmwarden user"),
+    })
+}
+
+impl Service {
+    /// Whether `p` may receive `ev`: the same visibility rules as the objects it names (a
+    /// drive event only for the drive's owners; to a user of the VM its drives do not
+    /// exist), decided now, so a share or an unshare applies to the next event.
+    pub async fn may_see(&self, p: &Principal, ev: &Event) -> bool {
+        if let Some(audience) = &ev.audience {
+            return audience.contains(&p.name);
+        }
+        if let Some(vm) = ev.vm {
+            if self.vm(p, vm).await.is_err() {
+                return false;
+            }
+            return match ev.drive {
+                Some(d) => self.drive(p, d).await.is_ok(),
+                None => true,
+            };
+        }
+        if let Some(project) = &ev.project {
+            return self
+                .projects(p)
+                .await
+                .map(|ps| ps.iter().any(|x| &x.name == project))
+                .unwrap_or(false);
+        }
+        p.admin
+    }
+}
+
+fn holdings_conflict(e: ServiceError, what: &str) -> ServiceError {
+    match e {
+        ServiceError::Store(StoreError::Holdings {
+            user,
+            roles,
+            drives,
+        }) => conflict(
+            "user_has_roles",
+            format!(
+                "Cannot {what} user {user}: they hold {roles} VM roles and {drives} drives; unshare and hand them over first"
+            ),
+        ),
+        e => e,
+    }
+}
+
+mod lifecycle;
+mod projects;
+mod resources;
+
+pub use lifecycle::StopStarted;

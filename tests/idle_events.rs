@@ -271,7 +271,7 @@ fn metrics_expose_states_launches_requests_latency_and_libvirt() {
             "vmwarden_vms{state=\"running\"} 1",
             "vmwarden_launches_total{code=\"ok\"} 1",
             "vmwarden_launches_total{code=\"vm_running\"} 1",
-            "vmwarden_http_requests_total{route=\"POST /v1/vms/{id}/start\",status=\"409\"} 1",
+            "vmwarden_http_requests_total{method=\"POST\",route=\"/v1/vms/{id}/start\",status=\"409\"} 1",
             "vmwarden_http_request_duration_seconds_bucket{route=\"/v1/vms/{id}/start\",le=\"+Inf\"} 2",
             "vmwarden_idle_shutdowns_total 0",
             "vmwarden_libvirt_connected 1",

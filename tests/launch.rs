@@ -173,7 +173,7 @@ fn tampered_wrapped_passphrase_fails_cleanly_without_qemu() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|e| e["action"] == "vm.start" && e["outcome"] == "failed"),
+                .any(|e| e["action"] == "vm.start" && e["outcome"] == "failed:drive_secret_invalid"),
             "{r:?}"
         );
     });
@@ -227,7 +227,7 @@ fn hot_attach_of_an_encrypted_drive_leaves_no_secret() {
         assert!(our_secrets(&[&drv, &extra]).is_empty());
         let xml = virsh(&["dumpxml", &vm]);
         assert!(
-            xml.contains(&format!("{extra}.qcow2")),
+            xml.contains(&format!("{}.qcow2", storage_of(&d, &extra))),
             "disk not attached live"
         );
         // The boot-sector guest never releases a hot-detached disk: a precise 409.

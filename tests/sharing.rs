@@ -386,8 +386,11 @@ fn coowner_takes_a_drive_into_their_own_vm_and_the_original_refuses_to_start() {
     });
 }
 
+/// DESIGN 3, member removal: an owner is refused (409 `member_owns`, naming what they
+/// own) unless forced; forced, what they alone owned goes to `transfer_to`, they lose sight
+/// at once, and the running VM is not touched. Re-adding them gives nothing back.
 #[test]
-fn owner_removed_from_the_project_loses_sight_of_the_vm() {
+fn owner_removed_from_the_project_hands_over_and_loses_sight() {
     rt().block_on(async {
         let w = world("").await;
         let (c, vm) = (&w.c, w.vm.as_str());
@@ -397,45 +400,54 @@ fn owner_removed_from_the_project_loses_sight_of_the_vm() {
                 .status,
             200
         );
-        let r = c
-            .req(
-                "DELETE",
-                "/v1/projects/genomics/members/alice",
-                Some("root"),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, 200);
-        assert_eq!(c.get(&format!("/v1/vms/{vm}"), "alice").await.status, 404);
-        assert!(c
-            .get("/v1/vms", "alice")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .is_empty());
-        assert!(c
-            .get("/v1/drives", "alice")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .is_empty());
         assert_eq!(
-            c.get(&format!("/v1/drives/{}", w.drive), "alice")
-                .await
-                .status,
-            404
+            share(c, "alice", vm, "carol", "user", false).await.status,
+            200
         );
+        let remove = |q: &str| {
+            let path = format!("/v1/projects/genomics/members/alice{q}");
+            async move { c.req("DELETE", &path, Some("root"), None).await }
+        };
+        let r = remove("").await;
+        assert_eq!((r.status, r.code()), (409, "member_owns"), "{r:?}");
+        assert!(raw_has(&r, vm) && raw_has(&r, &w.drive), "{r:?}");
+        let r = remove("?force=true").await;
+        assert_eq!((r.status, r.code()), (400, "invalid_request"), "{r:?}");
+        let r = remove("?force=true&transfer_to=dave").await;
+        assert_eq!((r.status, r.code()), (409, "team_mismatch"), "{r:?}");
+        let r = remove("?force=true&transfer_to=erin").await;
+        assert_eq!((r.status, r.code()), (409, "not_project_member"), "{r:?}");
+        // Nothing changed through the refusals.
+        assert_eq!(c.get(&format!("/v1/vms/{vm}"), "alice").await.status, 200);
+        let r = remove("?force=true&transfer_to=carol").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(c.get(&format!("/v1/vms/{vm}"), "alice").await.status, 404);
+        for path in ["/v1/vms", "/v1/drives"] {
+            assert!(c
+                .get(path, "alice")
+                .await
+                .body
+                .as_array()
+                .unwrap()
+                .is_empty());
+        }
         assert_eq!(
             c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), None)
                 .await
                 .status,
             404
         );
+        let m = c.get(&format!("/v1/vms/{vm}/members"), "carol").await;
+        assert_eq!(m.body["owners"], json!(["carol"]), "{m:?}");
+        assert_eq!(
+            c.get(&format!("/v1/drives/{}", w.drive), "carol")
+                .await
+                .status,
+            200
+        );
         // The running VM is not touched.
         assert!(domain_running(vm));
-        // Back in the project, back in sight.
+        // Back in the project: no role comes back.
         c.req(
             "PUT",
             "/v1/projects/genomics/members/alice",
@@ -443,7 +455,9 @@ fn owner_removed_from_the_project_loses_sight_of_the_vm() {
             None,
         )
         .await;
-        assert_eq!(c.get(&format!("/v1/vms/{vm}"), "alice").await.status, 200);
+        assert_eq!(c.get(&format!("/v1/vms/{vm}"), "alice").await.status, 404);
+        let audit = c.get(&format!("/v1/audit?vm={vm}"), "carol").await;
+        assert!(raw_has(&audit, "vm.start"), "{audit:?}");
     });
 }
 

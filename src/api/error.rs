@@ -1,7 +1,7 @@
 //! Every failure becomes an `application/problem+json` answer here, and only here:
 //! `status_and_code` is the one mapping from errors to HTTP statuses and stable codes.
 
-use crate::service::{Denial, Hidden, HypervisorError, KeyError, ServiceError, StoreError};
+use crate::service::{Denial, HypervisorError, KeyError, ServiceError, StoreError};
 use hyper::StatusCode;
 use serde::Serialize;
 
@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The `Vmwarden-User` header is not a valid user name.
     #[error("Header Vmwarden-User: {0}")]
     BadActingUser(String),
+    /// The principal holds as many event streams as it may.
+    #[error("You already hold {0} event streams; close one first")]
+    TooManyStreams(usize),
     /// The service refused or failed.
     #[error(transparent)]
     Service(#[from] ServiceError),
@@ -65,53 +68,64 @@ pub fn status_and_code(e: &ApiError) -> (StatusCode, &'static str) {
         ApiError::Method(_) => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
         ApiError::UnknownPeer(_) => (S::FORBIDDEN, "unregistered"),
         ApiError::BadActingUser(_) => (S::BAD_REQUEST, "invalid_parameter"),
-        ApiError::Service(s) => match s {
-            ServiceError::Denied(d) => match d.denial {
-                Denial::Unregistered => (S::FORBIDDEN, "unregistered"),
-                Denial::Hidden(Hidden::Vm) => (S::NOT_FOUND, "vm_not_found"),
-                Denial::Hidden(Hidden::Drive) => (S::NOT_FOUND, "drive_not_found"),
-                Denial::Hidden(Hidden::Project) => (S::NOT_FOUND, "project_not_found"),
-                Denial::Hidden(Hidden::User) => (S::NOT_FOUND, "user_not_found"),
-                Denial::AdminRequired => (S::FORBIDDEN, "admin_required"),
-                Denial::OwnerRequired => (S::FORBIDDEN, "owner_required"),
-                Denial::RoleRequired => (S::FORBIDDEN, "role_required"),
-                Denial::NotProjectMemberCaller => (S::FORBIDDEN, "not_project_member"),
-                Denial::MemberRequired => (S::FORBIDDEN, "member_required"),
-                Denial::TeamMismatch => (S::CONFLICT, "team_mismatch"),
-                Denial::ConfirmationRequired => (S::CONFLICT, "confirmation_required"),
-                Denial::MaxOwnersReached => (S::CONFLICT, "max_owners_reached"),
-                Denial::NotProjectMember => (S::CONFLICT, "not_project_member"),
-                Denial::LastOwner => (S::CONFLICT, "last_owner"),
-            },
-            ServiceError::Invalid(_) => (S::BAD_REQUEST, "invalid_request"),
-            ServiceError::NotFound(_) => (S::NOT_FOUND, "not_found"),
-            ServiceError::Conflict { code, .. } => (S::CONFLICT, code),
-            ServiceError::Locked(_) => (S::LOCKED, "project_locked"),
-            ServiceError::Share(k) => match k {
-                KeyError::Malformed => (S::BAD_REQUEST, "malformed_share"),
-                KeyError::WrongSubmitter(..) => (S::FORBIDDEN, "wrong_submitter"),
-                KeyError::InvalidShare => (S::CONFLICT, "invalid_share"),
-                KeyError::HalfAlreadyPending(..) => (S::CONFLICT, "half_already_pending"),
-                KeyError::SamePrincipal(_) => (S::CONFLICT, "two_people_required"),
-                KeyError::Locked { .. } => (S::LOCKED, "project_locked"),
-                KeyError::Unwrap(_) => (S::INTERNAL_SERVER_ERROR, "drive_secret_invalid"),
-            },
-            ServiceError::SecretCorrupt(_) => (S::INTERNAL_SERVER_ERROR, "drive_secret_invalid"),
-            ServiceError::Hypervisor(h) => match h {
-                HypervisorError::Unavailable(_) => {
-                    (S::SERVICE_UNAVAILABLE, "hypervisor_unavailable")
-                }
-                HypervisorError::NoDomain => (S::CONFLICT, "vm_not_running"),
-                HypervisorError::AlreadyRunning => (S::CONFLICT, "vm_running"),
-                HypervisorError::DetachTimeout(_) => (S::CONFLICT, "detach_timeout"),
-                HypervisorError::Failed(_) => (S::BAD_GATEWAY, "hypervisor_error"),
-                HypervisorError::Image(_) => (S::INTERNAL_SERVER_ERROR, "image_error"),
-            },
-            ServiceError::Store(StoreError::Exists(_)) => (S::CONFLICT, "already_exists"),
-            ServiceError::Store(StoreError::NotFound) => (S::NOT_FOUND, "not_found"),
-            ServiceError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store_error"),
-            ServiceError::Task => (S::INTERNAL_SERVER_ERROR, "internal"),
+        ApiError::TooManyStreams(_) => (S::TOO_MANY_REQUESTS, "too_many_streams"),
+        ApiError::Service(s) => (service_status(s), s.code()),
+    }
+}
+
+fn service_status(e: &ServiceError) -> StatusCode {
+    use StatusCode as S;
+    match e {
+        ServiceError::Denied(d) => match d.denial {
+            Denial::Unregistered
+            | Denial::AdminRequired
+            | Denial::OwnerRequired
+            | Denial::RoleRequired
+            | Denial::NotProjectMemberCaller
+            | Denial::MemberRequired => S::FORBIDDEN,
+            Denial::Hidden(_) => S::NOT_FOUND,
+            Denial::TeamMismatch
+            | Denial::ConfirmationRequired
+            | Denial::MaxOwnersReached
+            | Denial::NotProjectMember
+            | Denial::LastOwner => S::CONFLICT,
         },
+        ServiceError::Invalid(_) => S::BAD_REQUEST,
+        ServiceError::NotFound(_) => S::NOT_FOUND,
+        ServiceError::Conflict { .. } => S::CONFLICT,
+        ServiceError::Locked(_) => S::LOCKED,
+        ServiceError::Share(k) => match k {
+            KeyError::Malformed => S::BAD_REQUEST,
+            KeyError::WrongSubmitter(..) => S::FORBIDDEN,
+            KeyError::InvalidShare
+            | KeyError::HalfAlreadyPending(..)
+            | KeyError::SamePrincipal(_) => S::CONFLICT,
+            KeyError::Locked { .. } => S::LOCKED,
+            KeyError::Unwrap(_) => S::INTERNAL_SERVER_ERROR,
+        },
+        ServiceError::SecretCorrupt(_) => S::INTERNAL_SERVER_ERROR,
+        ServiceError::Hypervisor(h) => match h {
+            HypervisorError::Unavailable(_) => S::SERVICE_UNAVAILABLE,
+            HypervisorError::NoDomain
+            | HypervisorError::AlreadyRunning
+            | HypervisorError::DetachTimeout(_) => S::CONFLICT,
+            HypervisorError::Failed(_) => S::BAD_GATEWAY,
+            HypervisorError::Image(_) => S::INTERNAL_SERVER_ERROR,
+            HypervisorError::NoSpace(_) => S::INSUFFICIENT_STORAGE,
+        },
+        ServiceError::Store(s) => match s {
+            StoreError::Exists(_)
+            | StoreError::Changed(_)
+            | StoreError::Attached(_)
+            | StoreError::Holdings { .. }
+            | StoreError::NotEmpty { .. } => S::CONFLICT,
+            StoreError::NotFound | StoreError::Missing(..) => S::NOT_FOUND,
+            StoreError::Full => S::INSUFFICIENT_STORAGE,
+            StoreError::Sqlite(_) | StoreError::Io(_) | StoreError::TooNew(..) => {
+                S::INTERNAL_SERVER_ERROR
+            }
+        },
+        ServiceError::Task => S::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -136,7 +150,7 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::DenialMsg;
+    use crate::service::{DenialMsg, Hidden};
     use std::time::Duration;
 
     fn denied(d: Denial) -> ApiError {
@@ -165,6 +179,7 @@ mod tests {
                 400,
                 "invalid_parameter",
             ),
+            (ApiError::TooManyStreams(8), 429, "too_many_streams"),
             (denied(Denial::Unregistered), 403, "unregistered"),
             (denied(Denial::Hidden(Hidden::Vm)), 404, "vm_not_found"),
             (
@@ -265,6 +280,11 @@ mod tests {
             ),
             (hv(HypervisorError::Image("x".into())), 500, "image_error"),
             (
+                hv(HypervisorError::NoSpace("x".into())),
+                507,
+                "insufficient_storage",
+            ),
+            (
                 svc(ServiceError::Store(StoreError::Exists("x".into()))),
                 409,
                 "already_exists",
@@ -273,6 +293,44 @@ mod tests {
                 svc(ServiceError::Store(StoreError::NotFound)),
                 404,
                 "not_found",
+            ),
+            (
+                svc(ServiceError::Store(StoreError::Missing("VM", "x".into()))),
+                404,
+                "not_found",
+            ),
+            (
+                svc(ServiceError::Store(StoreError::Full)),
+                507,
+                "insufficient_storage",
+            ),
+            (
+                svc(ServiceError::Store(StoreError::Changed("x".into()))),
+                409,
+                "changed_meanwhile",
+            ),
+            (
+                svc(ServiceError::Store(StoreError::Attached("d".into()))),
+                409,
+                "drive_attached",
+            ),
+            (
+                svc(ServiceError::Store(StoreError::Holdings {
+                    user: "u".into(),
+                    roles: 1,
+                    drives: 0,
+                })),
+                409,
+                "user_has_roles",
+            ),
+            (
+                svc(ServiceError::Store(StoreError::NotEmpty {
+                    project: "p".into(),
+                    vms: 1,
+                    drives: 0,
+                })),
+                409,
+                "project_not_empty",
             ),
             (
                 svc(ServiceError::Store(StoreError::TooNew(2, 1))),

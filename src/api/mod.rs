@@ -4,23 +4,34 @@
 //! 1. `bind` locks `<socket>.lock`, removes a stale socket only while holding that lock,
 //!    binds, and sets the socket's mode and group (or the daemon adopts a socket systemd
 //!    passed in).
-//! 2. `serve` accepts while a connection permit is free (`limits.max_connections`); hyper
-//!    closes a connection whose request head does not arrive within `limits.header_timeout`.
-//! 3. The peer's uid (SO_PEERCRED) names the principal; an orchestrator may act for the user
-//!    in `Vmwarden-User`. The service resolves the registry entry on every request.
-//! 4. `routes::route` matches method and path, reads the body under `limits.max_body_bytes`
-//!    and the same timeout, and parses it into a DTO with unknown fields refused.
-//! 5. The matching `Service` operation runs: policy, store, keys, hypervisor.
-//! 6. The result is JSON; every error becomes problem+json in `error::status_and_code`.
+//! 2. `serve` accepts every connection at once and reads the peer's uid (SO_PEERCRED); the
+//!    connection takes a slot from its peer's pool (`conn::Slots`) or is answered 503 and
+//!    closed. hyper closes a connection whose request head does not arrive within
+//!    `limits.header_timeout` (idle keep-alive included); `conn::ConnIo` closes one whose
+//!    answer is not taken within `limits.write_timeout`.
+//! 3. `routes::handle` answers `GET /v1/health` and `GET /v1/openapi.json` to anyone. For
+//!    everything else the peer's uid names the principal (an orchestrator may act for the
+//!    user in `Vmwarden-User`); an unregistered principal gets 403 before its input is read.
+//! 4. The route is matched, the body read under `limits.max_body_bytes` and the same
+//!    timeout, and `ops::parse` turns it all into one typed `Op` (unknown fields refused).
+//! 5. `routes::execute` runs the `Service` operation; one with side effects runs in a task
+//!    of its own, so a client that hangs up never cuts it short.
+//! 6. The result is JSON with Content-Length; every error becomes problem+json in
+//!    `error::status_and_code`; an answer that carries shares fires its delivery ticket once
+//!    flushed to the socket.
 //! 7. On shutdown, accepting stops and open connections drain (bounded), then `serve` returns.
 
+pub mod conn;
 pub mod error;
+pub mod metrics;
+pub mod ops;
 pub mod routes;
 
 use crate::config::Config;
 use crate::service::Service;
+use conn::PeerClass;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::future::Future;
@@ -29,7 +40,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
 
 /// Errors while setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -112,17 +122,13 @@ pub fn bind(cfg: &Config) -> Result<(UnixListener, SocketLock), BindError> {
 
 /// Steps 2-7: serves until `shutdown` completes, then drains connections (at most 10 s).
 pub async fn serve(listener: UnixListener, svc: Arc<Service>, shutdown: impl Future<Output = ()>) {
-    let limits = svc.config().limits.clone();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let limits = Arc::new(svc.config().limits.clone());
+    let access = svc.config().access.clone();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let state = Arc::new(routes::State::new(svc));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = &mut shutdown => break,
-        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => { backoff = Duration::from_millis(5); s }
@@ -136,23 +142,59 @@ pub async fn serve(listener: UnixListener, svc: Arc<Service>, shutdown: impl Fut
             },
             _ = &mut shutdown => break,
         };
-        let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
-        let st = state.clone();
-        let svc_fn = hyper::service::service_fn(move |req| {
-            let st = st.clone();
-            async move { Ok::<_, std::convert::Infallible>(routes::handle(st, peer_uid, req).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .max_buf_size(64 * 1024)
-            .serve_connection(TokioIo::new(stream), svc_fn);
-        let conn = graceful.watch(conn);
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        let class = match uid {
+            Some(0) => PeerClass::Privileged,
+            Some(u) => match state.peer_name(u) {
+                Some(n) if access.admins.contains(&n) || access.orchestrators.contains(&n) => {
+                    PeerClass::Privileged
+                }
+                _ => PeerClass::Unprivileged,
+            },
+            None => PeerClass::Unprivileged,
+        };
+        let slot = match state.slots.connection(uid.unwrap_or(u32::MAX), class) {
+            Some(slot) => Some(slot),
+            None if class == PeerClass::Privileged => None,
+            None => {
+                tracing::debug!(?uid, "connection refused: too many open connections");
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(conn::BUSY))
+                            .await;
+                });
+                continue;
+            }
+        };
+        let (st, watcher, limits) = (state.clone(), graceful.watcher(), limits.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let slot = match slot {
+                Some(s) => s,
+                None => st.slots.privileged().await,
+            };
+            let deliveries = Arc::new(conn::Deliveries::default());
+            let ctx = Arc::new(conn::ConnCtx {
+                uid,
+                deliveries: deliveries.clone(),
+                slot: std::sync::Mutex::new(Some(slot)),
+            });
+            let svc_fn = hyper::service::service_fn(move |req| {
+                let (st, ctx) = (st.clone(), ctx.clone());
+                async move { Ok::<_, std::convert::Infallible>(routes::handle(st, ctx, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(64 * 1024)
+                .serve_connection(
+                    conn::ConnIo::new(stream, limits.write_timeout, deliveries),
+                    svc_fn,
+                );
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
         });
     }
     drop(listener);

@@ -90,6 +90,11 @@ async fn run(
     }
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let svc = Arc::new(Service::new(cfg.clone(), store, hv.clone()));
+    // What a killed daemon left half done is undone before anyone is served: projects whose
+    // shares never reached a client, image files no drive names.
+    for item in svc.recover().await.context("Cannot recover the state")? {
+        tracing::warn!(removed = %item, "recovered at start-up");
+    }
     let (listener, _lock, socket) = match passed {
         Some(l) => {
             let path = daemon::socket_path(&l);

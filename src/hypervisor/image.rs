@@ -108,7 +108,7 @@ pub fn create_luks_qcow2(
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| image_error(format!("Cannot create {}: {e}", path.display())))?;
+        .map_err(|e| space_or(e, format!("Cannot create {}", path.display())))?;
 
     let mut cmd = Command::new("qemu-img");
     cmd.args([
@@ -127,8 +127,20 @@ pub fn create_luks_qcow2(
         Ok(()) => Ok(()),
         Err(msg) => {
             let _ = fs::remove_file(path);
-            Err(image_error(msg))
+            if msg.contains("No space left on device") {
+                Err(HypervisorError::NoSpace(msg))
+            } else {
+                Err(image_error(msg))
+            }
         }
+    }
+}
+
+fn space_or(e: std::io::Error, what: String) -> HypervisorError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        HypervisorError::NoSpace(format!("{what}: {e}"))
+    } else {
+        image_error(format!("{what}: {e}"))
     }
 }
 

@@ -34,6 +34,9 @@ pub enum HypervisorError {
     /// Creating or removing an image failed.
     #[error("Image: {0}")]
     Image(String),
+    /// The file system holding the images is full.
+    #[error("No space left for the image: {0}")]
+    NoSpace(String),
 }
 
 pub use crate::model::DomainType;
@@ -181,4 +184,33 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Where lifecycle events go. The implementation registers for them on every
     /// (re)connection and sends `Reconnected` after each registration.
     fn set_event_sink(&self, _sink: tokio::sync::mpsc::UnboundedSender<LifecycleEvent>) {}
+    /// Creates a LUKS-encrypted qcow2 image (QEMU's tools; libvirt cannot set the
+    /// iter-time).
+    fn create_image(
+        &self,
+        path: &std::path::Path,
+        size_mib: u64,
+        passphrase: &SecretBytes,
+    ) -> Result<(), HypervisorError> {
+        image::create_luks_qcow2(path, size_mib, passphrase)
+    }
+    /// Removes an image file; one that is already gone counts as removed.
+    fn remove_image(&self, path: &std::path::Path) -> Result<(), HypervisorError> {
+        image::remove_image(path)
+    }
+}
+
+/// The group QEMU runs with (libvirt's `qemu.conf`, `group`; Debian's default is
+/// `libvirt-qemu`): the drives folder admits it and nobody else.
+pub fn qemu_group() -> Option<u32> {
+    let conf = std::fs::read_to_string("/etc/libvirt/qemu.conf").unwrap_or_default();
+    let configured = conf.lines().find_map(|l| {
+        let (k, v) = l.trim().split_once('=')?;
+        (k.trim() == "group").then(|| v.trim().trim_matches('"').to_owned())
+    });
+    let name = configured.unwrap_or_else(|| "libvirt-qemu".into());
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(&name) {
+        return Some(g.gid.as_raw());
+    }
+    name.strip_prefix('+').and_then(|n| n.parse().ok())
 }

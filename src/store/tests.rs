@@ -1,8 +1,12 @@
 //! Store tests on a real SQLite file: migrations, idempotent mutations, one audit row per
-//! committed change, rule 7 of the sharing rules, attachment exclusivity, audit filters.
+//! committed change, rule 7 of the sharing rules, attachment exclusivity, the invariants the
+//! schema holds by itself, member removal, staged re-keys and image intents.
 
 use super::*;
-use crate::model::IdlePolicy;
+use crate::model::{
+    Drive, DriveId, DriveName, IdlePolicy, ProjectName, Role, StorageId, TeamName, User, UserName,
+    Vm, VmId, VmName, VmState,
+};
 
 fn n(s: &str) -> UserName {
     UserName::parse(s).unwrap()
@@ -10,7 +14,7 @@ fn n(s: &str) -> UserName {
 
 fn ctx(action: &str) -> AuditCtx<'_> {
     AuditCtx {
-        actor: "root",
+        actor: "alice",
         action,
         target: "t".into(),
         vm: None,
@@ -18,22 +22,41 @@ fn ctx(action: &str) -> AuditCtx<'_> {
     }
 }
 
+fn p() -> ProjectName {
+    ProjectName::parse("p").unwrap()
+}
+
+fn user(s: &Store, name: &str, team: &str) {
+    s.put_user(
+        &ctx("user.put"),
+        &User {
+            name: n(name),
+            team: TeamName::parse(team).unwrap(),
+            admin: false,
+        },
+    )
+    .unwrap();
+}
+
 fn setup() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("state.db")).unwrap();
-    for (u, t) in [("alice", "lab"), ("bob", "lab")] {
-        s.put_user(
-            &ctx("user.put"),
-            &User {
-                name: n(u),
-                team: TeamName::parse(t).unwrap(),
-                admin: false,
-            },
-        )
-        .unwrap();
+    for (u, t) in [
+        ("alice", "lab"),
+        ("bob", "lab"),
+        ("carol", "lab"),
+        ("dave", "far"),
+    ] {
+        user(&s, u, t);
     }
-    let p = ProjectName::parse("p").unwrap();
-    s.create_project(&ctx("project.create"), &p, &[n("alice"), n("bob")], b"v")
+    s.create_project(
+        &ctx("project.create"),
+        &p(),
+        &[n("alice"), n("bob"), n("dave")],
+        b"v",
+    )
+    .unwrap();
+    s.project_delivered(&ctx("project.delivered"), &p())
         .unwrap();
     (dir, s)
 }
@@ -42,7 +65,7 @@ fn vm(id: VmId, drives: Vec<DriveId>) -> Vm {
     Vm {
         id,
         name: VmName::parse("web").unwrap(),
-        project: ProjectName::parse("p").unwrap(),
+        project: p(),
         team: TeamName::parse("lab").unwrap(),
         vcpus: 1,
         memory_mib: 32,
@@ -58,12 +81,22 @@ fn vm(id: VmId, drives: Vec<DriveId>) -> Vm {
 fn drive(id: DriveId, owner: &str) -> Drive {
     Drive {
         id,
+        storage: StorageId::new_random(),
         name: DriveName::parse(&format!("d{}", &id.to_string()[..4])).unwrap(),
-        project: ProjectName::parse("p").unwrap(),
+        project: p(),
         size_mib: 16,
         owners: vec![n(owner)],
         attached_to: None,
     }
+}
+
+fn audit_len(s: &Store) -> usize {
+    s.audit(&AuditFilter {
+        limit: 1000,
+        ..Default::default()
+    })
+    .unwrap()
+    .len()
 }
 
 #[test]
@@ -71,15 +104,49 @@ fn reopen_keeps_schema_and_data() {
     let (dir, s) = setup();
     drop(s);
     let s = Store::open(&dir.path().join("state.db")).unwrap();
-    assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
-    assert_eq!(s.users().unwrap().len(), 2);
+    assert_eq!(s.schema_version().unwrap(), Store::latest_schema());
+    assert_eq!(s.users().unwrap().len(), 4);
+}
+
+/// A database of the first release, with a role that broke the team rule and a drive
+/// named by its id, migrates: good rows stay, the bad role goes, the image keeps its name.
+#[test]
+fn first_release_database_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(schema::SQLITE[0]).unwrap();
+        c.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO users VALUES ('alice', 'lab', 0), ('dave', 'far', 0);
+             INSERT INTO projects VALUES ('p', x'00', 'root', 0);
+             INSERT INTO project_members VALUES ('p', 'alice'), ('p', 'dave');
+             INSERT INTO vms VALUES ('11111111-1111-4111-8111-111111111111', 'web', 'p', 'lab',
+                 1, 32, '{}', 'stopped', 'created', 0);
+             INSERT INTO vm_roles VALUES ('11111111-1111-4111-8111-111111111111', 'alice', 'owner', 1),
+                 ('11111111-1111-4111-8111-111111111111', 'dave', 'user', 2);
+             INSERT INTO drives VALUES ('22222222-2222-4222-8222-222222222222', 'data', 'p', 16, x'01',
+                 '11111111-1111-4111-8111-111111111111', 1);
+             INSERT INTO drive_owners VALUES ('22222222-2222-4222-8222-222222222222', 'alice');",
+        )
+        .unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap(), Store::latest_schema());
+    let v = s.vms().unwrap().remove(0);
+    assert_eq!((v.owners, v.users), (vec![n("alice")], vec![]));
+    let d = s.drives().unwrap().remove(0);
+    assert_eq!(d.storage.to_string(), d.id.to_string());
+    assert_eq!(d.owners, vec![n("alice")]);
+    assert!(s.project(&p()).unwrap().unwrap().delivered);
 }
 
 #[test]
 fn put_user_reports_what_changed() {
     let (_d, s) = setup();
     let mut u = User {
-        name: n("carol"),
+        name: n("erin"),
         team: TeamName::parse("lab").unwrap(),
         admin: false,
     };
@@ -100,15 +167,8 @@ fn put_user_reports_what_changed() {
 #[test]
 fn every_mutation_writes_one_audit_row() {
     let (_d, s) = setup();
-    let before = s
-        .audit(&AuditFilter {
-            limit: 100,
-            ..Default::default()
-        })
-        .unwrap()
-        .len();
-    let p = ProjectName::parse("p").unwrap();
-    s.set_member(&ctx("project.member_remove"), &p, &n("bob"), false)
+    let before = audit_len(&s);
+    s.add_member(&ctx("project.member_add"), &p(), &n("carol"))
         .unwrap();
     let rows = s
         .audit(&AuditFilter {
@@ -117,65 +177,56 @@ fn every_mutation_writes_one_audit_row() {
         })
         .unwrap();
     assert_eq!(rows.len(), before + 1);
-    assert_eq!(rows[0].action, "project.member_remove");
+    assert_eq!(rows[0].action, "project.member_add");
     assert_eq!(rows[0].outcome, "ok");
 }
 
 #[test]
 fn failed_mutation_leaves_no_audit_row() {
     let (_d, s) = setup();
-    let before = s
-        .audit(&AuditFilter {
-            limit: 100,
-            ..Default::default()
-        })
-        .unwrap()
-        .len();
-    let p = ProjectName::parse("p").unwrap();
+    let before = audit_len(&s);
     let e = s
-        .create_project(&ctx("project.create"), &p, &[], b"v")
+        .create_project(&ctx("project.create"), &p(), &[], b"v")
         .unwrap_err();
     assert!(matches!(e, StoreError::Exists(_)), "{e:?}");
-    let after = s
-        .audit(&AuditFilter {
-            limit: 100,
-            ..Default::default()
-        })
-        .unwrap()
-        .len();
-    assert_eq!(before, after);
+    assert_eq!(before, audit_len(&s));
 }
 
 #[test]
 fn rule7_owners_follow_drives_and_detach_keeps_it_for_the_detacher() {
     let (_d, s) = setup();
     let (d1, vid) = (DriveId::new_random(), VmId::new_random());
-    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w")
+    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
         .unwrap();
     s.create_vm(&ctx("vm.create"), &vm(vid, vec![d1])).unwrap();
     assert_eq!(s.vm(vid).unwrap().unwrap().drives, vec![d1]);
     s.set_role(&ctx("vm.share"), vid, &n("bob"), Some(Role::Owner))
         .unwrap();
-    assert_eq!(
-        s.drive(d1).unwrap().unwrap().0.owners,
-        vec![n("alice"), n("bob")]
-    );
+    let owners = |s: &Store| s.drive(d1).unwrap().unwrap().drive.owners;
+    assert_eq!(owners(&s), vec![n("alice"), n("bob")]);
     s.set_role(&ctx("vm.share"), vid, &n("bob"), Some(Role::User))
         .unwrap();
-    assert_eq!(s.drive(d1).unwrap().unwrap().0.owners, vec![n("alice")]);
+    assert_eq!(owners(&s), vec![n("alice")]);
     s.set_role(&ctx("vm.share"), vid, &n("bob"), Some(Role::Owner))
         .unwrap();
-    s.detach(&ctx("drive.detach"), d1, &n("bob")).unwrap();
-    let (d, _) = s.drive(d1).unwrap().unwrap();
+    assert_eq!(
+        s.detach(&ctx("drive.detach"), d1, &n("bob")).unwrap(),
+        Change::Removed
+    );
+    let d = s.drive(d1).unwrap().unwrap().drive;
     assert_eq!((d.owners, d.attached_to), (vec![n("bob")], None));
     assert!(s.vm(vid).unwrap().unwrap().drives.is_empty());
+    assert_eq!(
+        s.detach(&ctx("drive.detach"), d1, &n("bob")).unwrap(),
+        Change::Unchanged
+    );
 }
 
 #[test]
 fn a_drive_attaches_to_one_vm_only() {
     let (_d, s) = setup();
     let d1 = DriveId::new_random();
-    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w")
+    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
         .unwrap();
     let (v1, v2) = (VmId::new_random(), VmId::new_random());
     s.create_vm(&ctx("vm.create"), &vm(v1, vec![d1])).unwrap();
@@ -184,8 +235,217 @@ fn a_drive_attaches_to_one_vm_only() {
     s.create_vm(&ctx("vm.create"), &second).unwrap();
     assert!(matches!(
         s.attach(&ctx("drive.attach"), v2, d1),
+        Err(StoreError::Attached(_))
+    ));
+}
+
+/// The schema itself refuses a role for a user of another team or outside the project, the
+/// deletion of a user holding a role and a team change that would carry one across teams,
+/// whatever the code above it checked.
+#[test]
+fn schema_holds_the_role_invariants() {
+    let (_d, s) = setup();
+    let v = VmId::new_random();
+    s.create_vm(&ctx("vm.create"), &vm(v, vec![])).unwrap();
+    assert!(matches!(
+        s.set_role(&ctx("vm.share"), v, &n("dave"), Some(Role::User)),
+        Err(StoreError::Changed(_))
+    ));
+    assert!(matches!(
+        s.set_role(&ctx("vm.share"), v, &n("carol"), Some(Role::User)),
+        Err(StoreError::Changed(_))
+    ));
+    s.set_role(&ctx("vm.share"), v, &n("bob"), Some(Role::User))
+        .unwrap();
+    assert!(matches!(
+        s.delete_user(&ctx("user.delete"), &n("bob")),
+        Err(StoreError::Holdings { roles: 1, .. })
+    ));
+    let moved = User {
+        name: n("bob"),
+        team: TeamName::parse("far").unwrap(),
+        admin: false,
+    };
+    assert!(matches!(
+        s.put_user(&ctx("user.put"), &moved),
+        Err(StoreError::Holdings { .. })
+    ));
+    // Even a raw statement that skips the check is refused by the foreign keys.
+    let conn = s.conn.lock().unwrap();
+    assert!(conn
+        .execute("UPDATE users SET team = 'far' WHERE name = 'bob'", [])
+        .is_err());
+    assert!(conn
+        .execute("DELETE FROM project_members WHERE user = 'bob'", [])
+        .is_err());
+}
+
+#[test]
+fn names_are_unique_only_among_what_the_creator_sees() {
+    let (_d, s) = setup();
+    let (d1, d2, d3) = (
+        DriveId::new_random(),
+        DriveId::new_random(),
+        DriveId::new_random(),
+    );
+    let mut a = drive(d1, "alice");
+    a.name = DriveName::parse("data").unwrap();
+    s.create_drive(&ctx("drive.create"), &a, b"w", None)
+        .unwrap();
+    let mut b = drive(d2, "bob");
+    b.name = a.name.clone();
+    s.create_drive(&ctx("drive.create"), &b, b"w", None)
+        .unwrap();
+    let mut again = drive(d3, "alice");
+    again.name = a.name.clone();
+    assert!(matches!(
+        s.create_drive(&ctx("drive.create"), &again, b"w", None),
         Err(StoreError::Exists(_))
     ));
+    let v1 = VmId::new_random();
+    s.create_vm(&ctx("vm.create"), &vm(v1, vec![])).unwrap();
+    let mut bobs = vm(VmId::new_random(), vec![]);
+    bobs.owners = vec![n("bob")];
+    let mut bob_ctx = ctx("vm.create");
+    bob_ctx.actor = "bob";
+    s.create_vm(&bob_ctx, &bobs).unwrap();
+    assert!(matches!(
+        s.create_vm(&ctx("vm.create"), &vm(VmId::new_random(), vec![])),
+        Err(StoreError::Exists(_))
+    ));
+}
+
+#[test]
+fn removing_a_member_drops_roles_and_hands_over_ownership() {
+    let (_d, s) = setup();
+    s.add_member(&ctx("project.member_add"), &p(), &n("carol"))
+        .unwrap();
+    let (d1, v) = (DriveId::new_random(), VmId::new_random());
+    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
+        .unwrap();
+    s.create_vm(&ctx("vm.create"), &vm(v, vec![d1])).unwrap();
+    s.set_role(&ctx("vm.share"), v, &n("bob"), Some(Role::User))
+        .unwrap();
+    // A user's role goes with the membership.
+    let r = s
+        .remove_member::<StoreError>(&ctx("m"), &p(), &n("bob"), None, |_| Ok(()))
+        .unwrap();
+    assert_eq!(r.roles_dropped, vec![v]);
+    assert!(s.vm(v).unwrap().unwrap().users.is_empty());
+    // The check sees what alice owns and may refuse.
+    let refused = s.remove_member::<StoreError>(&ctx("m"), &p(), &n("alice"), None, |h| {
+        assert_eq!(h.owned_vms.len(), 1);
+        assert_eq!(h.owned_drives.len(), 1);
+        Err(Refusal::audited(
+            StoreError::NotFound,
+            "denied:member_owns".into(),
+        ))
+    });
+    assert!(refused.is_err());
+    assert!(s
+        .project(&p())
+        .unwrap()
+        .unwrap()
+        .members
+        .contains(&n("alice")));
+    let last = s
+        .audit(&AuditFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(last[0].outcome, "denied:member_owns");
+    let r = s
+        .remove_member::<StoreError>(&ctx("m"), &p(), &n("alice"), Some(&n("carol")), |_| Ok(()))
+        .unwrap();
+    assert_eq!(
+        (r.vms_transferred, r.change),
+        (vec![v], Some(Change::Removed))
+    );
+    let after = s.vm(v).unwrap().unwrap();
+    assert_eq!(after.owners, vec![n("carol")]);
+    assert_eq!(s.drive(d1).unwrap().unwrap().drive.owners, vec![n("carol")]);
+}
+
+#[test]
+fn staged_rekey_promotes_or_undoes_whole() {
+    let (_d, s) = setup();
+    let d1 = DriveId::new_random();
+    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"old", None)
+        .unwrap();
+    assert!(matches!(
+        s.stage_rekey(&ctx("r"), &p(), b"v2", &[]),
+        Err(StoreError::Changed(_))
+    ));
+    s.stage_rekey(&ctx("r"), &p(), b"v2", &[(d1, b"new".to_vec())])
+        .unwrap();
+    // A drive created while staged must carry both wrappings.
+    let d2 = DriveId::new_random();
+    assert!(s
+        .create_drive(&ctx("drive.create"), &drive(d2, "alice"), b"old", None)
+        .is_err());
+    s.create_drive(
+        &ctx("drive.create"),
+        &drive(d2, "alice"),
+        b"old",
+        Some(b"new"),
+    )
+    .unwrap();
+    assert!(!s.promote_rekey(&ctx("r"), &p(), b"other").unwrap());
+    assert!(s.promote_rekey(&ctx("r"), &p(), b"v2").unwrap());
+    let row = s.project(&p()).unwrap().unwrap();
+    assert_eq!(
+        (row.verifier.as_slice(), row.next_verifier),
+        (&b"v2"[..], None)
+    );
+    assert_eq!(s.drive(d2).unwrap().unwrap().wrapped, b"new");
+    s.stage_rekey(
+        &ctx("r"),
+        &p(),
+        b"v3",
+        &[(d1, b"x".to_vec()), (d2, b"x".to_vec())],
+    )
+    .unwrap();
+    assert!(s.undo_rekey(&ctx("r"), &p(), b"v3").unwrap());
+    assert!(!s.undo_rekey(&ctx("r"), &p(), b"v3").unwrap());
+    let row = s.drive(d1).unwrap().unwrap();
+    assert_eq!(
+        (row.wrapped.as_slice(), row.next_wrapped),
+        (&b"new"[..], None)
+    );
+}
+
+#[test]
+fn undelivered_projects_are_undone_delivered_ones_stay() {
+    let (_d, s) = setup();
+    let q = ProjectName::parse("q").unwrap();
+    s.create_project(&ctx("project.create"), &q, &[n("alice")], b"v")
+        .unwrap();
+    assert!(!s.project(&q).unwrap().unwrap().delivered);
+    assert!(!s.undo_project(&ctx("u"), &p()).unwrap(), "p was delivered");
+    assert!(s.project_delivered(&ctx("d"), &q).unwrap());
+    assert!(!s.undo_project(&ctx("u"), &q).unwrap());
+    let r = ProjectName::parse("r").unwrap();
+    s.create_project(&ctx("project.create"), &r, &[], b"v")
+        .unwrap();
+    assert!(s.undo_project(&ctx("u"), &r).unwrap());
+    assert!(s.project(&r).unwrap().is_none());
+}
+
+#[test]
+fn image_intents_cover_files_without_rows() {
+    let (_d, s) = setup();
+    let d = drive(DriveId::new_random(), "alice");
+    s.intend_image(d.storage).unwrap();
+    assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage]));
+    s.create_drive(&ctx("drive.create"), &d, b"w", None)
+        .unwrap();
+    assert_eq!(s.storages().unwrap(), (vec![d.storage], vec![]));
+    let storage = s.delete_drive(&ctx("drive.delete"), d.id).unwrap();
+    assert_eq!(storage, d.storage);
+    assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage]));
+    s.drop_intent(storage).unwrap();
+    assert_eq!(s.storages().unwrap(), (vec![], vec![]));
 }
 
 #[test]

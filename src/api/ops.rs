@@ -1,0 +1,695 @@
+//! Parsing, pure: a matched route, its path parameters, the query and the body become one
+//! [`Op`], with every parameter typed and every body decoded (unknown fields refused). No
+//! I/O happens here, so parsing is tested (and fuzzed) without a socket.
+
+use super::error::ApiError;
+use crate::model::{
+    DriveId, DriveName, IdlePolicy, ProjectName, Role, SecretBytes, TeamName, UserName, VmId,
+    VmName,
+};
+use crate::service::{AuditFilter, MemberExit, NewVm, VmPatch};
+use hyper::Method;
+use serde::Deserialize;
+use zeroize::Zeroize;
+
+/// Every route: (method, path pattern). The OpenAPI document is checked against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/health"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/me"),
+    ("GET", "/v1/users"),
+    ("PUT", "/v1/users/{name}"),
+    ("DELETE", "/v1/users/{name}"),
+    ("GET", "/v1/projects"),
+    ("POST", "/v1/projects"),
+    ("DELETE", "/v1/projects/{project}"),
+    ("PUT", "/v1/projects/{project}/members/{user}"),
+    ("DELETE", "/v1/projects/{project}/members/{user}"),
+    ("POST", "/v1/projects/{project}/unlock"),
+    ("POST", "/v1/projects/{project}/lock"),
+    ("POST", "/v1/projects/{project}/resplit"),
+    ("GET", "/v1/drives"),
+    ("POST", "/v1/drives"),
+    ("GET", "/v1/drives/{id}"),
+    ("DELETE", "/v1/drives/{id}"),
+    ("GET", "/v1/vms"),
+    ("POST", "/v1/vms"),
+    ("GET", "/v1/vms/{id}"),
+    ("PATCH", "/v1/vms/{id}"),
+    ("DELETE", "/v1/vms/{id}"),
+    ("GET", "/v1/vms/{id}/members"),
+    ("PUT", "/v1/vms/{id}/members/{user}"),
+    ("DELETE", "/v1/vms/{id}/members/{user}"),
+    ("POST", "/v1/vms/{id}/start"),
+    ("POST", "/v1/vms/{id}/stop"),
+    ("POST", "/v1/vms/{id}/keepalive"),
+    ("PUT", "/v1/vms/{id}/drives/{drive}"),
+    ("DELETE", "/v1/vms/{id}/drives/{drive}"),
+    ("GET", "/v1/host/vms"),
+    ("POST", "/v1/host/vms/{id}/stop"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/audit"),
+    ("GET", "/metrics"),
+];
+
+/// Finds the route pattern for a path, and the path parameters.
+pub fn match_route(method: &Method, path: &str) -> Result<(&'static str, Vec<String>), ApiError> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let mut path_known = false;
+    for (m, pat) in ROUTES {
+        let psegs: Vec<&str> = pat.split('/').skip(1).collect();
+        if psegs.len() != segs.len() {
+            continue;
+        }
+        let mut params = vec![];
+        let ok = psegs.iter().zip(&segs).all(|(p, s)| {
+            if p.starts_with('{') {
+                params.push((*s).to_owned());
+                !s.is_empty()
+            } else {
+                p == s
+            }
+        });
+        if ok {
+            path_known = true;
+            if *m == method.as_str() {
+                return Ok((pat, params));
+            }
+        }
+    }
+    if path_known {
+        Err(ApiError::Method(method.to_string()))
+    } else {
+        Err(ApiError::NoRoute(path.chars().take(200).collect()))
+    }
+}
+
+/// Every operation the API offers, with its inputs typed. `GET /v1/health` and
+/// `GET /v1/openapi.json` are answered before a principal exists and are not here.
+#[derive(Debug)]
+pub enum Op {
+    /// `GET /v1/me`.
+    Me,
+    /// `GET /v1/users`.
+    Users,
+    /// `PUT /v1/users/{name}`.
+    PutUser {
+        /// The user.
+        name: UserName,
+        /// Their team.
+        team: TeamName,
+        /// Registry admin flag.
+        admin: bool,
+    },
+    /// `DELETE /v1/users/{name}`.
+    DeleteUser(UserName),
+    /// `GET /v1/projects`.
+    Projects,
+    /// `POST /v1/projects`.
+    CreateProject {
+        /// Name.
+        name: ProjectName,
+        /// First members.
+        members: Vec<UserName>,
+    },
+    /// `DELETE /v1/projects/{project}`.
+    DeleteProject(ProjectName),
+    /// `PUT /v1/projects/{project}/members/{user}`.
+    AddMember(ProjectName, UserName),
+    /// `DELETE /v1/projects/{project}/members/{user}`.
+    RemoveMember(ProjectName, UserName, MemberExit),
+    /// `POST /v1/projects/{project}/unlock`.
+    Unlock(ProjectName, SecretBytes),
+    /// `POST /v1/projects/{project}/lock`.
+    Lock(ProjectName),
+    /// `POST /v1/projects/{project}/resplit`.
+    Resplit(ProjectName),
+    /// `GET /v1/drives`.
+    Drives,
+    /// `POST /v1/drives`.
+    CreateDrive {
+        /// Project.
+        project: ProjectName,
+        /// Name.
+        name: DriveName,
+        /// Size.
+        size_mib: u64,
+    },
+    /// `GET /v1/drives/{id}`.
+    Drive(DriveId),
+    /// `DELETE /v1/drives/{id}`.
+    DeleteDrive(DriveId),
+    /// `GET /v1/vms`.
+    Vms,
+    /// `POST /v1/vms`.
+    CreateVm(NewVm),
+    /// `GET /v1/vms/{id}`.
+    Vm(VmId),
+    /// `PATCH /v1/vms/{id}`.
+    UpdateVm(VmId, VmPatch),
+    /// `DELETE /v1/vms/{id}`.
+    DeleteVm(VmId),
+    /// `GET /v1/vms/{id}/members`.
+    Members(VmId),
+    /// `PUT /v1/vms/{id}/members/{user}`.
+    Share {
+        /// The VM.
+        vm: VmId,
+        /// The target.
+        user: UserName,
+        /// The role.
+        role: Role,
+        /// `confirm_drive_access`.
+        confirm: bool,
+    },
+    /// `DELETE /v1/vms/{id}/members/{user}`.
+    Unshare(VmId, UserName),
+    /// `POST /v1/vms/{id}/start`.
+    Start(VmId),
+    /// `POST /v1/vms/{id}/stop`.
+    Stop {
+        /// The VM.
+        vm: VmId,
+        /// Destroy at once.
+        force: bool,
+        /// Answer once stopped (otherwise 202 once stopping).
+        wait: bool,
+    },
+    /// `POST /v1/vms/{id}/keepalive`.
+    Keepalive(VmId),
+    /// `PUT /v1/vms/{id}/drives/{drive}`.
+    Attach(VmId, DriveId),
+    /// `DELETE /v1/vms/{id}/drives/{drive}`.
+    Detach(VmId, DriveId),
+    /// `GET /v1/host/vms`.
+    HostVms,
+    /// `POST /v1/host/vms/{id}/stop`.
+    HostStop {
+        /// The VM.
+        vm: VmId,
+        /// Destroy at once.
+        force: bool,
+        /// Answer once stopped.
+        wait: bool,
+    },
+    /// `GET /v1/events`.
+    Events,
+    /// `GET /v1/audit`.
+    Audit(AuditFilter),
+    /// `GET /metrics`.
+    Metrics,
+}
+
+impl Op {
+    /// Whether the operation has side effects: such operations run to their end in a task
+    /// of their own, whoever still waits for the answer.
+    pub fn mutates(&self) -> bool {
+        !matches!(
+            self,
+            Op::Me
+                | Op::Users
+                | Op::Projects
+                | Op::Drives
+                | Op::Drive(_)
+                | Op::Vms
+                | Op::Vm(_)
+                | Op::Members(_)
+                | Op::HostVms
+                | Op::Events
+                | Op::Audit(_)
+                | Op::Metrics
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutUser {
+    team: TeamName,
+    #[serde(default)]
+    admin: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateProject {
+    name: ProjectName,
+    #[serde(default)]
+    members: Vec<UserName>,
+}
+
+/// The unlock body: the share goes straight into zeroizing memory.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Unlock {
+    share: ShareField,
+}
+
+struct ShareField(SecretBytes);
+
+impl<'de> Deserialize<'de> for ShareField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ShareField;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a share token string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ShareField, E> {
+                Ok(ShareField(SecretBytes::new(v.as_bytes().to_vec())))
+            }
+            fn visit_string<E>(self, mut v: String) -> Result<ShareField, E> {
+                let s = ShareField(SecretBytes::new(v.as_bytes().to_vec()));
+                v.zeroize();
+                Ok(s)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateDrive {
+    project: ProjectName,
+    name: DriveName,
+    size_mib: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateVm {
+    name: VmName,
+    project: ProjectName,
+    vcpus: u32,
+    memory_mib: u64,
+    #[serde(default)]
+    drives: Vec<DriveId>,
+    #[serde(default)]
+    idle: Option<IdlePolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchVm {
+    vcpus: Option<u32>,
+    memory_mib: Option<u64>,
+    idle: Option<IdlePolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Share {
+    role: Role,
+    #[serde(default)]
+    confirm_drive_access: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stop {
+    #[serde(default)]
+    force: bool,
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An empty JSON object: endpoints without a body still refuse unknown fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+fn json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+fn param<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>()
+        .map_err(|e| ApiError::BadParam(format!("Invalid {what} in path: {e}")))
+}
+
+/// The query's pairs, refusing any key not in `known`.
+fn query_pairs<'a>(query: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
+    let mut out = vec![];
+    for pair in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !known.contains(&k) {
+            return Err(ApiError::BadParam(format!(
+                "Unknown query parameter {:?}",
+                k.chars().take(40).collect::<String>()
+            )));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn flag(v: &str, what: &str) -> Result<bool, ApiError> {
+    match v {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ApiError::BadParam(format!(
+            "Query parameter {what} must be true or false"
+        ))),
+    }
+}
+
+/// The `GET /v1/audit` filter.
+pub fn audit_filter(query: &str) -> Result<AuditFilter, ApiError> {
+    let mut f = AuditFilter {
+        limit: 1000,
+        ..Default::default()
+    };
+    for (k, v) in query_pairs(query, &["vm", "user", "since", "until", "limit"])? {
+        match k {
+            "vm" => f.vm = Some(param(v, "vm")?),
+            "user" => f.actor = Some(param::<UserName>(v, "user")?.to_string()),
+            "since" => f.since_ms = Some(param(v, "since (ms since epoch)")?),
+            "until" => f.until_ms = Some(param(v, "until (ms since epoch)")?),
+            _ => f.limit = param(v, "limit")?,
+        }
+    }
+    Ok(f)
+}
+
+/// Parses one request into its operation. `body` is the whole body (already bounded by
+/// `limits.max_body_bytes`); a body that carries a share is zeroized here.
+pub fn parse(
+    route: &'static str,
+    method: &Method,
+    params: &[String],
+    query: &str,
+    mut body: Vec<u8>,
+) -> Result<Op, ApiError> {
+    let p = |i: usize| params[i].as_str();
+    let no_query = |q: &str| query_pairs(q, &[]).map(|_| ());
+    if route != "/v1/audit" && route != "/v1/projects/{project}/members/{user}" {
+        no_query(query)?;
+    }
+    let op = match (method.as_str(), route) {
+        ("GET", "/v1/me") => Op::Me,
+        ("GET", "/v1/users") => Op::Users,
+        ("PUT", "/v1/users/{name}") => {
+            let name = param(p(0), "user name")?;
+            let b: PutUser = json(&body)?;
+            Op::PutUser {
+                name,
+                team: b.team,
+                admin: b.admin,
+            }
+        }
+        ("DELETE", "/v1/users/{name}") => Op::DeleteUser(param(p(0), "user name")?),
+        ("GET", "/v1/projects") => Op::Projects,
+        ("POST", "/v1/projects") => {
+            let b: CreateProject = json(&body)?;
+            Op::CreateProject {
+                name: b.name,
+                members: b.members,
+            }
+        }
+        ("DELETE", "/v1/projects/{project}") => Op::DeleteProject(param(p(0), "project name")?),
+        ("PUT", "/v1/projects/{project}/members/{user}") => {
+            no_query(query)?;
+            let _: Empty = json(&body)?;
+            Op::AddMember(param(p(0), "project name")?, param(p(1), "user name")?)
+        }
+        ("DELETE", "/v1/projects/{project}/members/{user}") => {
+            let mut exit = MemberExit::default();
+            for (k, v) in query_pairs(query, &["force", "transfer_to"])? {
+                match k {
+                    "force" => exit.force = flag(v, "force")?,
+                    _ => exit.transfer_to = Some(param(v, "transfer_to user")?),
+                }
+            }
+            Op::RemoveMember(
+                param(p(0), "project name")?,
+                param(p(1), "user name")?,
+                exit,
+            )
+        }
+        ("POST", "/v1/projects/{project}/unlock") => {
+            let project = param(p(0), "project name")?;
+            let parsed = json::<Unlock>(&body);
+            body.zeroize();
+            let b = parsed.map_err(|_| {
+                // serde's message could quote the body; say only what is wrong.
+                ApiError::BadJson("expected {\"share\": \"vmw-...\"} and nothing else".into())
+            })?;
+            Op::Unlock(project, b.share.0)
+        }
+        ("POST", "/v1/projects/{project}/lock") => {
+            let _: Empty = json(&body)?;
+            Op::Lock(param(p(0), "project name")?)
+        }
+        ("POST", "/v1/projects/{project}/resplit") => {
+            let _: Empty = json(&body)?;
+            Op::Resplit(param(p(0), "project name")?)
+        }
+        ("GET", "/v1/drives") => Op::Drives,
+        ("POST", "/v1/drives") => {
+            let b: CreateDrive = json(&body)?;
+            Op::CreateDrive {
+                project: b.project,
+                name: b.name,
+                size_mib: b.size_mib,
+            }
+        }
+        ("GET", "/v1/drives/{id}") => Op::Drive(param(p(0), "drive id")?),
+        ("DELETE", "/v1/drives/{id}") => Op::DeleteDrive(param(p(0), "drive id")?),
+        ("GET", "/v1/vms") => Op::Vms,
+        ("POST", "/v1/vms") => {
+            let b: CreateVm = json(&body)?;
+            Op::CreateVm(NewVm {
+                name: b.name,
+                project: b.project,
+                vcpus: b.vcpus,
+                memory_mib: b.memory_mib,
+                drives: b.drives,
+                idle: b.idle,
+            })
+        }
+        ("GET", "/v1/vms/{id}") => Op::Vm(param(p(0), "VM id")?),
+        ("PATCH", "/v1/vms/{id}") => {
+            let id = param(p(0), "VM id")?;
+            let b: PatchVm = json(&body)?;
+            Op::UpdateVm(
+                id,
+                VmPatch {
+                    vcpus: b.vcpus,
+                    memory_mib: b.memory_mib,
+                    idle: b.idle,
+                },
+            )
+        }
+        ("DELETE", "/v1/vms/{id}") => Op::DeleteVm(param(p(0), "VM id")?),
+        ("GET", "/v1/vms/{id}/members") => Op::Members(param(p(0), "VM id")?),
+        ("PUT", "/v1/vms/{id}/members/{user}") => {
+            let vm = param(p(0), "VM id")?;
+            let user = param(p(1), "user name")?;
+            let b: Share = json(&body)?;
+            Op::Share {
+                vm,
+                user,
+                role: b.role,
+                confirm: b.confirm_drive_access,
+            }
+        }
+        ("DELETE", "/v1/vms/{id}/members/{user}") => {
+            Op::Unshare(param(p(0), "VM id")?, param(p(1), "user name")?)
+        }
+        ("POST", "/v1/vms/{id}/start") => {
+            let vm = param(p(0), "VM id")?;
+            let _: Empty = json(&body)?;
+            Op::Start(vm)
+        }
+        ("POST", "/v1/vms/{id}/stop") => {
+            let vm = param(p(0), "VM id")?;
+            let b: Stop = json(&body)?;
+            Op::Stop {
+                vm,
+                force: b.force,
+                wait: b.wait,
+            }
+        }
+        ("POST", "/v1/vms/{id}/keepalive") => {
+            let vm = param(p(0), "VM id")?;
+            let _: Empty = json(&body)?;
+            Op::Keepalive(vm)
+        }
+        ("PUT", "/v1/vms/{id}/drives/{drive}") => {
+            let (vm, drive) = (param(p(0), "VM id")?, param(p(1), "drive id")?);
+            let _: Empty = json(&body)?;
+            Op::Attach(vm, drive)
+        }
+        ("DELETE", "/v1/vms/{id}/drives/{drive}") => {
+            Op::Detach(param(p(0), "VM id")?, param(p(1), "drive id")?)
+        }
+        ("GET", "/v1/host/vms") => Op::HostVms,
+        ("POST", "/v1/host/vms/{id}/stop") => {
+            let vm = param(p(0), "VM id")?;
+            let b: Stop = json(&body)?;
+            Op::HostStop {
+                vm,
+                force: b.force,
+                wait: b.wait,
+            }
+        }
+        ("GET", "/v1/events") => Op::Events,
+        ("GET", "/v1/audit") => Op::Audit(audit_filter(query)?),
+        ("GET", "/metrics") => Op::Metrics,
+        _ => return Err(ApiError::NoRoute(route.into())),
+    };
+    Ok(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(method: &str, path: &str, body: &str) -> Result<Op, ApiError> {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let (route, params) = match_route(&m, path)?;
+        parse(route, &m, &params, query, body.as_bytes().to_vec())
+    }
+
+    const VM: &str = "6f0d3b9e-4c1a-4f7e-9d2b-1a2b3c4d5e6f";
+
+    #[test]
+    fn routes_match_with_params_and_methods() {
+        let (r, p) = match_route(&Method::GET, "/v1/vms/abc").unwrap();
+        assert_eq!((r, p), ("/v1/vms/{id}", vec!["abc".to_string()]));
+        assert!(matches!(
+            match_route(&Method::POST, "/v1/health"),
+            Err(ApiError::Method(_))
+        ));
+        assert!(matches!(
+            match_route(&Method::GET, "/v1/nope"),
+            Err(ApiError::NoRoute(_))
+        ));
+        assert!(matches!(
+            match_route(&Method::GET, "/v1/vms//members"),
+            Err(ApiError::NoRoute(_))
+        ));
+    }
+
+    /// One row per shape of input: what it parses into, or which error.
+    #[test]
+    fn requests_parse_into_operations() {
+        let ok = |m: &str, p: &str, b: &str| op(m, p, b).unwrap_or_else(|e| panic!("{m} {p}: {e}"));
+        assert!(matches!(ok("GET", "/v1/me", ""), Op::Me));
+        assert!(matches!(
+            ok("PUT", "/v1/users/alice", r#"{"team":"lab"}"#),
+            Op::PutUser { admin: false, .. }
+        ));
+        assert!(matches!(
+            ok("POST", &format!("/v1/vms/{VM}/stop"), ""),
+            Op::Stop {
+                force: false,
+                wait: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ok(
+                "POST",
+                &format!("/v1/vms/{VM}/stop"),
+                r#"{"force":true,"wait":false}"#
+            ),
+            Op::Stop {
+                force: true,
+                wait: false,
+                ..
+            }
+        ));
+        match ok(
+            "DELETE",
+            "/v1/projects/p1/members/bob?force=true&transfer_to=carol",
+            "",
+        ) {
+            Op::RemoveMember(p, u, exit) => {
+                assert_eq!((p.as_str(), u.as_str()), ("p1", "bob"));
+                assert!(exit.force);
+                assert_eq!(exit.transfer_to.unwrap().as_str(), "carol");
+            }
+            other => panic!("{other:?}"),
+        }
+        match ok("GET", "/v1/audit?user=alice&since=5&limit=3", "") {
+            Op::Audit(f) => assert_eq!(
+                (f.actor.as_deref(), f.since_ms, f.limit),
+                (Some("alice"), Some(5), 3)
+            ),
+            other => panic!("{other:?}"),
+        }
+        let err = |m: &str, p: &str, b: &str| op(m, p, b).unwrap_err();
+        assert!(matches!(
+            err("PUT", "/v1/users/Alice", r#"{"team":"lab"}"#),
+            ApiError::BadParam(_)
+        ));
+        assert!(matches!(
+            err("PUT", "/v1/users/alice", r#"{"team":"lab","x":1}"#),
+            ApiError::BadJson(_)
+        ));
+        assert!(matches!(
+            err("GET", "/v1/vms/not-a-uuid", ""),
+            ApiError::BadParam(_)
+        ));
+        assert!(matches!(
+            err("GET", "/v1/audit?vm=x", ""),
+            ApiError::BadParam(_)
+        ));
+        assert!(matches!(
+            err("GET", "/v1/audit?bogus=1", ""),
+            ApiError::BadParam(_)
+        ));
+        assert!(matches!(
+            err("GET", "/v1/me?x=1", ""),
+            ApiError::BadParam(_)
+        ));
+        assert!(matches!(
+            err("DELETE", "/v1/projects/p/members/u?force=maybe", ""),
+            ApiError::BadParam(_)
+        ));
+        assert!(matches!(
+            err(
+                "POST",
+                "/v1/vms",
+                r#"{"name":"<x>","project":"p","vcpus":1,"memory_mib":32}"#
+            ),
+            ApiError::BadJson(_)
+        ));
+        assert!(matches!(err("PATCH", "/v1/vms", ""), ApiError::Method(_)));
+    }
+
+    #[test]
+    fn unlock_errors_never_quote_the_body() {
+        let e = op(
+            "POST",
+            "/v1/projects/p/unlock",
+            r#"{"share":"vmw-admin-SECRET","x":1}"#,
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn only_reads_are_not_mutations() {
+        assert!(!op("GET", "/v1/vms", "").unwrap().mutates());
+        assert!(op("POST", &format!("/v1/vms/{VM}/keepalive"), "")
+            .unwrap()
+            .mutates());
+        assert!(op("DELETE", "/v1/users/bob", "").unwrap().mutates());
+    }
+}

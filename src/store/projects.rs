@@ -1,0 +1,495 @@
+//! Projects, their members, key verifiers and the delivery of new share pairs.
+//!
+//! A share pair exists only in the answer that creates it, so a project (or a re-key) is
+//! committed as *undelivered* first: `delivered = 0` for a new project, `next_verifier` and
+//! `next_wrapped` beside the current ones for a re-key. Once the answer has been written to
+//! the client the service promotes it; if it never was, the service undoes it. A pending
+//! re-key that outlives the daemon keeps both pairs working until one of them unlocks.
+
+use super::users::load_user;
+use super::{parse_col, AuditCtx, Change, Refusal, Store, StoreError};
+use crate::model::{DriveId, DriveName, ProjectName, Role, TeamName, User, UserName, VmId, VmName};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+/// A project as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectRow {
+    /// Name.
+    pub name: ProjectName,
+    /// Members in name order.
+    pub members: Vec<UserName>,
+    /// HMAC verifier of K.
+    pub verifier: Vec<u8>,
+    /// Verifier of a re-key whose shares have not been delivered yet.
+    pub next_verifier: Option<Vec<u8>>,
+    /// Whether the creating answer (with the first share pair) reached its client.
+    pub delivered: bool,
+}
+
+/// A drive's passphrase: (drive, wrapped under the key, wrapped under a staged re-key's).
+pub type WrappedSecrets = (DriveId, Vec<u8>, Option<Vec<u8>>);
+
+/// What a member holds in a project, judged before they are removed.
+#[derive(Debug, Clone, Default)]
+pub struct MemberHoldings {
+    /// VMs they own: id, name, team, the other owners.
+    pub owned_vms: Vec<(VmId, VmName, TeamName, Vec<UserName>)>,
+    /// Drives they own: id, name, the other owners.
+    pub owned_drives: Vec<(DriveId, DriveName, Vec<UserName>)>,
+    /// VMs they are a user of.
+    pub user_of: Vec<VmId>,
+    /// The registry entry of the `transfer_to` user and whether they are a member.
+    pub transfer: Option<(User, bool)>,
+}
+
+/// What removing a member changed, for events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberRemoval {
+    /// Whether the membership existed.
+    pub change: Option<Change>,
+    /// VMs on which the member lost a role.
+    pub roles_dropped: Vec<VmId>,
+    /// VMs whose sole ownership went to the transfer target.
+    pub vms_transferred: Vec<VmId>,
+    /// Drives whose sole ownership went to the transfer target.
+    pub drives_transferred: Vec<DriveId>,
+}
+
+pub(super) fn members_of(conn: &Connection, project: &str) -> Result<Vec<UserName>, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT user FROM project_members WHERE project = ?1 ORDER BY user")?;
+    let rows = st
+        .query_map([project], |r| parse_col(r.get(0)?))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub(super) fn is_member(conn: &Connection, project: &str, user: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM project_members WHERE project = ?1 AND user = ?2")?
+        .query_row([project, user], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn load_project(conn: &Connection, name: &str) -> Result<Option<ProjectRow>, StoreError> {
+    type Row = (String, Vec<u8>, Option<Vec<u8>>, bool);
+    let row: Option<Row> = conn
+        .prepare_cached(
+            "SELECT name, verifier, next_verifier, delivered FROM projects WHERE name = ?1",
+        )?
+        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((name, verifier, next_verifier, delivered)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(ProjectRow {
+        members: members_of(conn, &name)?,
+        name: parse_col(name)?,
+        verifier,
+        next_verifier,
+        delivered,
+    }))
+}
+
+/// VMs and drives in a project: (vms, drives).
+fn contents(conn: &Connection, project: &str) -> Result<(i64, i64), StoreError> {
+    Ok(conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM vms WHERE project = ?1),
+                (SELECT COUNT(*) FROM drives WHERE project = ?1)",
+        [project],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
+fn holdings_in(
+    tx: &Transaction<'_>,
+    project: &ProjectName,
+    user: &UserName,
+    transfer_to: Option<&UserName>,
+) -> Result<MemberHoldings, StoreError> {
+    let mut h = MemberHoldings::default();
+    let (p, u) = (project.as_str(), user.as_str());
+    let mut st = tx.prepare(
+        "SELECT v.id, v.name, v.team, r.role FROM vm_roles r JOIN vms v ON v.id = r.vm
+         WHERE r.project = ?1 AND r.user = ?2 ORDER BY v.created_ms, v.id",
+    )?;
+    let rows: Vec<(String, String, String, String)> = st
+        .query_map([p, u], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, name, team, role) in rows {
+        let id: VmId = parse_col(id)?;
+        if role == Role::Owner.as_str() {
+            let others: Vec<UserName> = tx
+                .prepare_cached(
+                    "SELECT user FROM vm_roles WHERE vm = ?1 AND role = 'owner' AND user != ?2
+                     ORDER BY seq",
+                )?
+                .query_map([id.to_string().as_str(), u], |r| parse_col(r.get(0)?))?
+                .collect::<Result<_, _>>()?;
+            h.owned_vms
+                .push((id, parse_col(name)?, parse_col(team)?, others));
+        } else {
+            h.user_of.push(id);
+        }
+    }
+    let mut st = tx.prepare(
+        "SELECT d.id, d.name FROM drive_owners o JOIN drives d ON d.id = o.drive
+         WHERE o.project = ?1 AND o.user = ?2 ORDER BY d.name, d.id",
+    )?;
+    let rows: Vec<(String, String)> = st
+        .query_map([p, u], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, name) in rows {
+        let others: Vec<UserName> = tx
+            .prepare_cached("SELECT user FROM drive_owners WHERE drive = ?1 AND user != ?2")?
+            .query_map([id.as_str(), u], |r| parse_col(r.get(0)?))?
+            .collect::<Result<_, _>>()?;
+        h.owned_drives
+            .push((parse_col(id)?, parse_col(name)?, others));
+    }
+    if let Some(t) = transfer_to {
+        if let Some(user) = load_user(tx, t)? {
+            let member = is_member(tx, p, t.as_str())?;
+            h.transfer = Some((user, member));
+        }
+    }
+    Ok(h)
+}
+
+impl Store {
+    /// Creates a project with its members and key verifier, undelivered until
+    /// `project_delivered`.
+    pub fn create_project(
+        &self,
+        a: &AuditCtx<'_>,
+        name: &ProjectName,
+        members: &[UserName],
+        verifier: &[u8],
+    ) -> Result<(), StoreError> {
+        self.mutate(a, |tx| {
+            tx.execute(
+                "INSERT INTO projects (name, verifier, delivered, created_by, created_ms)
+                 VALUES (?1, ?2, 0, ?3, ?4)",
+                params![name.as_str(), verifier, a.actor, super::now_ms()],
+            )
+            .map_err(|e| super::unique(e, &format!("Project {name}")))?;
+            for m in members {
+                if load_user(tx, m)?.is_none() {
+                    return Err(StoreError::Missing("User", m.to_string()));
+                }
+                tx.execute(
+                    "INSERT INTO project_members (project, user) VALUES (?1, ?2)
+                     ON CONFLICT DO NOTHING",
+                    params![name.as_str(), m.as_str()],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Marks the first share pair as delivered; `false` when there was nothing to mark.
+    pub fn project_delivered(
+        &self,
+        a: &AuditCtx<'_>,
+        name: &ProjectName,
+    ) -> Result<bool, StoreError> {
+        self.mutate_opt(a, |tx| {
+            let n = tx.execute(
+                "UPDATE projects SET delivered = 1 WHERE name = ?1 AND delivered = 0",
+                [name.as_str()],
+            )?;
+            Ok((n == 1).then_some(true))
+        })
+        .map(|o| o.is_some())
+    }
+
+    /// Removes a project whose share pair never reached anyone (it cannot hold VMs or drives:
+    /// nobody could unlock it). `false` when it was delivered meanwhile or is gone.
+    pub fn undo_project(&self, a: &AuditCtx<'_>, name: &ProjectName) -> Result<bool, StoreError> {
+        self.mutate_opt(a, |tx| {
+            if contents(tx, name.as_str())? != (0, 0) {
+                return Ok(None);
+            }
+            let n = tx.execute(
+                "DELETE FROM projects WHERE name = ?1 AND delivered = 0",
+                [name.as_str()],
+            )?;
+            Ok((n == 1).then_some(true))
+        })
+        .map(|o| o.is_some())
+    }
+
+    /// Deletes a project that holds no VMs and no drives; idempotent.
+    pub fn delete_project(
+        &self,
+        a: &AuditCtx<'_>,
+        name: &ProjectName,
+    ) -> Result<Change, StoreError> {
+        self.mutate(a, |tx| {
+            let (vms, drives) = contents(tx, name.as_str())?;
+            if vms + drives > 0 {
+                return Err(StoreError::NotEmpty {
+                    project: name.to_string(),
+                    vms,
+                    drives,
+                });
+            }
+            let n = tx.execute("DELETE FROM projects WHERE name = ?1", [name.as_str()])?;
+            Ok(if n == 0 {
+                Change::Unchanged
+            } else {
+                Change::Removed
+            })
+        })
+    }
+
+    /// One project.
+    pub fn project(&self, name: &ProjectName) -> Result<Option<ProjectRow>, StoreError> {
+        self.read(|conn| load_project(conn, name.as_str()))
+    }
+
+    /// Every project by name.
+    pub fn projects(&self) -> Result<Vec<ProjectRow>, StoreError> {
+        self.read(|conn| {
+            let names: Vec<String> = conn
+                .prepare_cached("SELECT name FROM projects ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::with_capacity(names.len());
+            for n in names {
+                if let Some(p) = load_project(conn, &n)? {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Adds a registered user to a project; idempotent.
+    pub fn add_member(
+        &self,
+        a: &AuditCtx<'_>,
+        project: &ProjectName,
+        user: &UserName,
+    ) -> Result<Change, StoreError> {
+        self.mutate(a, |tx| {
+            if load_project(tx, project.as_str())?.is_none() {
+                return Err(StoreError::Missing("Project", project.to_string()));
+            }
+            if load_user(tx, user)?.is_none() {
+                return Err(StoreError::Missing("User", user.to_string()));
+            }
+            let n = tx.execute(
+                "INSERT INTO project_members (project, user) VALUES (?1, ?2)
+                 ON CONFLICT DO NOTHING",
+                params![project.as_str(), user.as_str()],
+            )?;
+            Ok(if n == 0 {
+                Change::Unchanged
+            } else {
+                Change::Created
+            })
+        })
+    }
+
+    /// Removes a member. Their user roles in the project go at once; what they own is judged
+    /// by `check` (refuse, or hand over with `transfer_to`) inside the same transaction. With
+    /// `force`, ownerships shared with others simply end, and sole ownerships go to
+    /// `transfer_to` (rule 7 applies: a new VM owner owns the VM's drives).
+    pub fn remove_member<E: From<StoreError>>(
+        &self,
+        a: &AuditCtx<'_>,
+        project: &ProjectName,
+        user: &UserName,
+        transfer_to: Option<&UserName>,
+        check: impl FnOnce(&MemberHoldings) -> Result<(), Refusal<E>>,
+    ) -> Result<MemberRemoval, E> {
+        self.mutate_checked(a, |tx| {
+            let (p, u) = (project.as_str(), user.as_str());
+            if !is_member(tx, p, u)? {
+                return Ok(MemberRemoval {
+                    change: Some(Change::Unchanged),
+                    ..Default::default()
+                });
+            }
+            let h = holdings_in(tx, project, user, transfer_to)?;
+            check(&h)?;
+            let mut out = MemberRemoval {
+                change: Some(Change::Removed),
+                roles_dropped: h.user_of.clone(),
+                ..Default::default()
+            };
+            tx.execute(
+                "DELETE FROM drive_owners WHERE project = ?1 AND user = ?2",
+                [p, u],
+            )?;
+            tx.execute(
+                "DELETE FROM vm_roles WHERE project = ?1 AND user = ?2",
+                [p, u],
+            )?;
+            for (vm, _, _, others) in &h.owned_vms {
+                out.roles_dropped.push(*vm);
+                if others.is_empty() {
+                    let t =
+                        transfer_to.ok_or(StoreError::Missing("Transfer target", String::new()))?;
+                    super::vms::set_role_tx(tx, *vm, t, Some(Role::Owner))?;
+                    out.vms_transferred.push(*vm);
+                }
+            }
+            for (drive, _, others) in &h.owned_drives {
+                let still: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM drive_owners WHERE drive = ?1",
+                    [drive.to_string()],
+                    |r| r.get(0),
+                )?;
+                if others.is_empty() && still == 0 {
+                    let t =
+                        transfer_to.ok_or(StoreError::Missing("Transfer target", String::new()))?;
+                    tx.execute(
+                        "INSERT INTO drive_owners (drive, user, project) VALUES (?1, ?2, ?3)
+                         ON CONFLICT DO NOTHING",
+                        params![drive.to_string(), t.as_str(), p],
+                    )?;
+                    out.drives_transferred.push(*drive);
+                }
+            }
+            tx.execute(
+                "DELETE FROM project_members WHERE project = ?1 AND user = ?2",
+                [p, u],
+            )?;
+            Ok(out)
+        })
+    }
+
+    /// Stages a re-key: `next_verifier` beside the current verifier and every drive's
+    /// passphrase wrapped under the new key beside the current wrapping. Nothing stops
+    /// working until `promote_rekey`.
+    pub fn stage_rekey(
+        &self,
+        a: &AuditCtx<'_>,
+        project: &ProjectName,
+        next_verifier: &[u8],
+        rewrapped: &[(DriveId, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        self.mutate(a, |tx| {
+            let n = tx.execute(
+                "UPDATE projects SET next_verifier = ?2 WHERE name = ?1",
+                params![project.as_str(), next_verifier],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Missing("Project", project.to_string()));
+            }
+            // Every drive of the project must be re-wrapped in this same transaction, or a
+            // drive would stay wrapped under a key nobody can rebuild once this is promoted.
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM drives WHERE project = ?1",
+                [project.as_str()],
+                |r| r.get(0),
+            )?;
+            if count != rewrapped.len() as i64 {
+                return Err(StoreError::Changed(format!(
+                    "A drive was created or deleted in project {project} during the re-key"
+                )));
+            }
+            for (id, w) in rewrapped {
+                let n = tx.execute(
+                    "UPDATE drives SET next_wrapped = ?2 WHERE id = ?1 AND project = ?3",
+                    params![id.to_string(), w, project.as_str()],
+                )?;
+                if n != 1 {
+                    return Err(StoreError::Changed(format!(
+                        "Drive {id} changed during the re-key"
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes a staged re-key the only key: its pair was delivered (or used). `false` when
+    /// `next_verifier` is no longer the staged one (undone or replaced meanwhile).
+    pub fn promote_rekey(
+        &self,
+        a: &AuditCtx<'_>,
+        project: &ProjectName,
+        next_verifier: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.mutate_opt(a, |tx| {
+            let staged: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT next_verifier FROM projects WHERE name = ?1",
+                    [project.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            if staged.as_deref() != Some(next_verifier) {
+                return Ok(None);
+            }
+            let unwrapped: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM drives WHERE project = ?1 AND next_wrapped IS NULL",
+                [project.as_str()],
+                |r| r.get(0),
+            )?;
+            if unwrapped != 0 {
+                return Err(StoreError::Changed(format!(
+                    "A drive of project {project} lacks its re-wrapped passphrase"
+                )));
+            }
+            tx.execute(
+                "UPDATE drives SET wrapped = next_wrapped, next_wrapped = NULL WHERE project = ?1",
+                [project.as_str()],
+            )?;
+            tx.execute(
+                "UPDATE projects SET verifier = next_verifier, next_verifier = NULL WHERE name = ?1",
+                [project.as_str()],
+            )?;
+            Ok(Some(true))
+        })
+        .map(|o| o.is_some())
+    }
+
+    /// Drops a staged re-key (its pair never reached anyone, or the old pair unlocked first).
+    /// `false` when `next_verifier` is no longer the staged one.
+    pub fn undo_rekey(
+        &self,
+        a: &AuditCtx<'_>,
+        project: &ProjectName,
+        next_verifier: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.mutate_opt(a, |tx| {
+            let n = tx.execute(
+                "UPDATE projects SET next_verifier = NULL WHERE name = ?1 AND next_verifier = ?2",
+                params![project.as_str(), next_verifier],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE drives SET next_wrapped = NULL WHERE project = ?1",
+                [project.as_str()],
+            )?;
+            Ok(Some(true))
+        })
+        .map(|o| o.is_some())
+    }
+
+    /// Wrapped passphrases of every drive in a project: (id, current, staged re-key).
+    pub fn project_drive_secrets(
+        &self,
+        project: &ProjectName,
+    ) -> Result<Vec<WrappedSecrets>, StoreError> {
+        self.read(|conn| {
+            let mut st = conn.prepare_cached(
+                "SELECT id, wrapped, next_wrapped FROM drives WHERE project = ?1 ORDER BY id",
+            )?;
+            let rows = st
+                .query_map([project.as_str()], |r| {
+                    Ok((parse_col(r.get(0)?)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+}

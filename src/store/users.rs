@@ -1,0 +1,115 @@
+//! The users registry.
+
+use super::{is_constraint, parse_col, AuditCtx, Change, Store, StoreError};
+use crate::model::{TeamName, User, UserName};
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub(super) fn row_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        name: parse_col(r.get(0)?)?,
+        team: parse_col::<TeamName>(r.get(1)?)?,
+        admin: r.get(2)?,
+    })
+}
+
+pub(super) fn load_user(conn: &Connection, name: &UserName) -> Result<Option<User>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT name, team, admin FROM users WHERE name = ?1")?
+        .query_row([name.as_str()], row_user)
+        .optional()?)
+}
+
+/// VM roles and drive ownerships of a user: (roles, drives).
+fn holdings(conn: &Connection, name: &UserName) -> Result<(i64, i64), StoreError> {
+    Ok(conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM vm_roles WHERE user = ?1),
+                (SELECT COUNT(*) FROM drive_owners WHERE user = ?1)",
+        [name.as_str()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
+fn refuse_holdings(conn: &Connection, name: &UserName) -> Result<(), StoreError> {
+    let (roles, drives) = holdings(conn, name)?;
+    if roles + drives > 0 {
+        return Err(StoreError::Holdings {
+            user: name.to_string(),
+            roles,
+            drives,
+        });
+    }
+    Ok(())
+}
+
+/// The schema refuses what `refuse_holdings` checks; should a row slip past the check, the
+/// foreign key's refusal reads the same.
+fn holdings_error(e: rusqlite::Error, name: &UserName) -> StoreError {
+    if is_constraint(&e) {
+        StoreError::Holdings {
+            user: name.to_string(),
+            roles: 0,
+            drives: 0,
+        }
+    } else {
+        StoreError::from(e)
+    }
+}
+
+impl Store {
+    /// Creates or updates a user; idempotent. A user holding VM roles or drives keeps their
+    /// team: roles were granted inside it (sharing never crosses teams).
+    pub fn put_user(&self, a: &AuditCtx<'_>, u: &User) -> Result<Change, StoreError> {
+        self.mutate(a, |tx| match load_user(tx, &u.name)? {
+            Some(old) if old == *u => Ok(Change::Unchanged),
+            Some(old) => {
+                if old.team != u.team {
+                    refuse_holdings(tx, &u.name)?;
+                }
+                tx.execute(
+                    "UPDATE users SET team = ?2, admin = ?3 WHERE name = ?1",
+                    params![u.name.as_str(), u.team.as_str(), u.admin],
+                )
+                .map_err(|e| holdings_error(e, &u.name))?;
+                Ok(Change::Updated)
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO users (name, team, admin) VALUES (?1, ?2, ?3)",
+                    params![u.name.as_str(), u.team.as_str(), u.admin],
+                )?;
+                Ok(Change::Created)
+            }
+        })
+    }
+
+    /// Removes a user and their memberships; idempotent. A user holding VM roles or drives
+    /// is refused (a deleted owner would leave VMs and drives nobody may manage).
+    pub fn delete_user(&self, a: &AuditCtx<'_>, name: &UserName) -> Result<Change, StoreError> {
+        self.mutate(a, |tx| {
+            refuse_holdings(tx, name)?;
+            let n = tx
+                .execute("DELETE FROM users WHERE name = ?1", [name.as_str()])
+                .map_err(|e| holdings_error(e, name))?;
+            Ok(if n == 0 {
+                Change::Unchanged
+            } else {
+                Change::Removed
+            })
+        })
+    }
+
+    /// One user.
+    pub fn user(&self, name: &UserName) -> Result<Option<User>, StoreError> {
+        self.read(|conn| load_user(conn, name))
+    }
+
+    /// Every user by name.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.read(|conn| {
+            let mut st =
+                conn.prepare_cached("SELECT name, team, admin FROM users ORDER BY name")?;
+            let rows = st.query_map([], row_user)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+}
