@@ -141,12 +141,24 @@ shares are read from a file or stdin, never from the command line.";
             /// User.
             user: String,
         },
-        /// Remove a member.
+        /// Remove a member: their user roles go at once; an owner is refused unless
+        /// --force, which hands what they alone own to --transfer-to.
         RemoveMember {
             /// Project.
             project: String,
             /// User.
             user: String,
+            /// Hand over what the member owns instead of refusing.
+            #[arg(long)]
+            force: bool,
+            /// Who takes what the member alone owns (a member of the VMs' team).
+            #[arg(long)]
+            transfer_to: Option<String>,
+        },
+        /// Delete a project that holds no VMs and no drives.
+        Delete {
+            /// Project.
+            project: String,
         },
     }
 
@@ -236,6 +248,9 @@ shares are read from a file or stdin, never from the command line.";
             /// Destroy at once.
             #[arg(long)]
             force: bool,
+            /// Return once the stop has begun (state `stopping`).
+            #[arg(long)]
+            no_wait: bool,
         },
         /// Restart the idle clock.
         Keepalive {

@@ -573,6 +573,38 @@ mod tests {
         assert!(e.to_string().contains("idle.after"));
     }
 
+    /// Idle bounds that cannot work are refused: idleness is measured between two samples,
+    /// and a zero timeout would destroy without asking the guest.
+    #[test]
+    fn idle_bounds_that_cannot_work_are_refused() {
+        for (text, key) in [
+            (
+                "[idle]\nafter = \"50s\"\nwarn_before = \"10s\"\nsample_interval = \"30s\"\n",
+                "idle.after",
+            ),
+            (
+                "[idle]\nshutdown_timeout = \"0s\"\n",
+                "idle.shutdown_timeout",
+            ),
+            (
+                "[libvirt]\nshutdown_timeout = \"0s\"\n",
+                "libvirt.shutdown_timeout",
+            ),
+            ("[limits]\nwrite_timeout = \"0s\"\n", "limits.write_timeout"),
+            (
+                "[limits]\nmax_streams_per_user = 0\n",
+                "limits.max_streams_per_user",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(parse(
+            "[idle]\nafter = \"60s\"\nwarn_before = \"10s\"\nsample_interval = \"30s\"\n"
+        )
+        .is_ok());
+    }
+
     #[test]
     fn relative_paths_are_relative_to_the_config_file() {
         let c = Config::parse(

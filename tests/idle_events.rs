@@ -280,3 +280,60 @@ fn metrics_expose_states_launches_requests_latency_and_libvirt() {
         }
     });
 }
+
+/// A VM whose idle period is shorter than the host's warning lead time, and whose guest
+/// ignores ACPI (the shutdown waits out `shutdown_timeout` while samples keep coming): it is
+/// warned first, then shut down exactly once (one event, one audit row, one count).
+#[test]
+fn short_idle_period_warns_first_and_shuts_down_once() {
+    rt().block_on(async {
+        let d = Daemon::start(Opts {
+            idle: "after = \"20s\"\nwarn_before = \"10s\"\nsample_interval = \"1s\"\nshutdown_timeout = \"3s\"\ncpu_percent = 20.0\n".into(),
+            ..Default::default()
+        });
+        let (c, vms) = setup(&d, &[("SHORT", false)]).await;
+        let vm = &vms[0];
+        let path = format!("/v1/vms/{vm}");
+        let patch = |after: &str| {
+            c.req(
+                "PATCH",
+                &path,
+                Some("alice"),
+                Some(json!({"idle": {"after": after}})),
+            )
+        };
+        let r = patch("1s").await;
+        assert_eq!((r.status, r.code()), (400, "invalid_request"), "{r:?}");
+        assert_eq!(patch("3s").await.status, 200);
+        let mut ev = Events::open(&c, "alice").await;
+        assert_eq!(
+            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+                .await
+                .status,
+            200
+        );
+        ev.wait_for("vm.state", &[vm, "\"stopped\""], Duration::from_secs(40))
+            .await
+            .expect("never shut down");
+        // Samples go on for a while after the stop; none may decide again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let raw = ev.raw.lock().unwrap().clone();
+        let kinds: Vec<&str> = raw
+            .split("\n\n")
+            .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("event: ")))
+            .filter(|k| k.starts_with("vm.idle_"))
+            .collect();
+        assert_eq!(kinds, ["vm.idle_warning", "vm.idle_shutdown"], "{raw}");
+        let audit = c.get(&format!("/v1/audit?vm={vm}"), "root").await;
+        let shutdowns = audit
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "vm.idle_shutdown")
+            .count();
+        assert_eq!(shutdowns, 1, "{audit:?}");
+        let m = c.get("/metrics", "root").await;
+        assert!(String::from_utf8_lossy(&m.raw).contains("vmwarden_idle_shutdowns_total 1"));
+    });
+}

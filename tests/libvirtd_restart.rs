@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 fn libvirtd_running() -> bool {
     Command::new("pgrep")
         .args(["-x", "libvirtd"])
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap()
         .success()
@@ -45,6 +46,9 @@ fn start_libvirtd() {
     panic!("libvirtd did not come back");
 }
 
+/// The tests of this binary stop the one libvirtd: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Restarts libvirtd even when the test fails, so later tests find it running.
 struct Restore;
 impl Drop for Restore {
@@ -55,6 +59,7 @@ impl Drop for Restore {
 
 #[test]
 fn dead_libvirtd_gives_503_then_recovers_without_restart() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     rt().block_on(async {
         let d = Daemon::start(Opts::default());
         let c = d.client();
@@ -140,5 +145,82 @@ fn dead_libvirtd_gives_503_then_recovers_without_restart() {
             .wait_for("vm.state", &[&vm, "\"stopped\""], Duration::from_secs(10))
             .await;
         assert!(st.is_some(), "no stopped event after libvirtd came back");
+    });
+}
+
+/// libvirtd killed at several moments of a start, and back a second later: whatever the
+/// moment, the answer, the recorded state, the domain and the audit row agree.
+#[test]
+fn libvirtd_killed_during_a_start_leaves_answer_state_and_audit_agreeing() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = Daemon::start(Opts::default());
+        let c = d.client();
+        users(&c, &[("alice", "lab")]).await;
+        let s = project(&c, "genomics", &["alice"]).await;
+        unlock(&c, "genomics", &s, "alice").await;
+        let drv = drive(&c, "alice", "genomics", "boot").await;
+        write_boot_sector(&d, &s, "genomics", &drv, &boot_sector("KILLED", false));
+        let vm = vm(&c, "alice", "genomics", "web", &[&drv]).await;
+        let _restore = Restore;
+        for delay_ms in [0u64, 40, 120, 300] {
+            let (c2, v2) = (c.clone(), vm.clone());
+            let start = tokio::spawn(async move {
+                c2.req("POST", &format!("/v1/vms/{v2}/start"), Some("alice"), None).await
+            });
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let _ = Command::new("pkill").args(["-9", "-x", "libvirtd"]).status();
+            while libvirtd_running() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            start_libvirtd();
+            let r = tokio::time::timeout(Duration::from_secs(60), start)
+                .await
+                .expect("the start hung")
+                .unwrap();
+            // Let the reconciliation after the reconnection run.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let running = domain_running(&vm);
+            let state = c.get(&format!("/v1/vms/{vm}"), "alice").await.body["state"].clone();
+            let rows = c.get(&format!("/v1/audit?vm={vm}"), "root").await.body;
+            let rows = rows.as_array().unwrap();
+            // Newest first: the rows after this start's own row come before it.
+            let at = rows.iter().position(|e| e["action"] == "vm.start").unwrap();
+            let (later, last_start) = (&rows[..at], &rows[at]);
+            let ctx = format!(
+                "delay {delay_ms} ms: answer {} {}, running {running}, state {state}, audit {rows:?}",
+                r.status,
+                r.code()
+            );
+            // The state matches libvirt, and the answer matches the start's own row.
+            assert_eq!(state == "running", running, "{ctx}");
+            assert_eq!(r.status == 200, last_start["outcome"] == "ok", "{ctx}");
+            // Whatever happened to the domain since (libvirtd, restarted, may end a QEMU it
+            // was starting) is recorded after it, by the daemon.
+            let started = r.status == 200;
+            if started != running {
+                let want = if running { "state=running" } else { "state=stopped" };
+                assert!(
+                    later.iter().any(|e| e["actor"] == "vmwardend"
+                        && e["detail"].as_str().unwrap_or("").starts_with(want)),
+                    "{ctx}"
+                );
+            }
+            let r = c
+                .req(
+                    "POST",
+                    &format!("/v1/vms/{vm}/stop"),
+                    Some("alice"),
+                    Some(serde_json::json!({"force": true})),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{r:?}");
+        }
     });
 }

@@ -9,8 +9,9 @@
 //! - Write timeout: a peer that stops reading its answers (pipelining requests it never
 //!   reads) loses the connection after `limits.write_timeout` without progress.
 //! - Delivery: an answer that carries new shares arms a [`Delivery`] when its last byte is
-//!   handed to hyper; the ticket fires once the connection has flushed those bytes to the
-//!   socket. A connection that fails or closes first drops it unfired.
+//!   handed to hyper; once the connection has flushed those bytes, the ticket fires when the
+//!   peer has read them all (the socket's unread count reaches zero with no reset). A peer
+//!   that hangs up before reading, or a connection that fails, drops it unfired.
 
 use crate::config::LimitsConfig;
 use crate::model::UserName;
@@ -25,20 +26,71 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Deliveries armed on one connection, fired by its next successful flush.
+/// Deliveries armed on one connection, confirmed once the peer has read what the next
+/// successful flush wrote.
 #[derive(Debug, Default)]
 pub struct Deliveries(Mutex<Vec<Delivery>>);
 
 impl Deliveries {
-    /// Waits for the next flush to fire `d`.
+    /// Waits for the next flush (and the peer's read) to fire `d`.
     pub fn arm(&self, d: Delivery) {
         self.0.lock().unwrap().push(d);
     }
 
-    fn fire(&self) {
+    /// The flushed bytes are in the peer's receive queue; fire the armed tickets once the
+    /// peer has read them.
+    fn flushed(&self, fd: std::os::fd::BorrowedFd<'_>, within: Duration) {
         let armed = std::mem::take(&mut *self.0.lock().unwrap());
-        for d in armed {
-            d.delivered();
+        if armed.is_empty() {
+            return;
+        }
+        // A duplicate keeps the socket itself (not a number the kernel may hand to another
+        // file once the connection closes) until the watch ends.
+        let Ok(fd) = fd.try_clone_to_owned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if peer_read_all(&fd, within).await {
+                for d in armed {
+                    d.delivered();
+                }
+            }
+        });
+    }
+}
+
+/// Bytes written to a Unix stream socket that its peer has not read yet. On Linux an
+/// AF_UNIX socket's send queue is charged until the peer consumes the data (`SIOCOUTQ`), so
+/// zero means every byte was read by the peer process.
+fn unread(fd: &std::os::fd::OwnedFd) -> io::Result<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` is an open socket owned for the duration of the call; TIOCOUTQ (SIOCOUTQ)
+    // writes one c_int through the pointer, which points at a live local.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
+/// Whether the peer read everything written to `fd`, waiting up to `within`. A peer that
+/// closes with unread data leaves ECONNRESET on our socket before its queue is dropped (and
+/// the unread count falls to zero), so a zero count with no error is a read, not a hang-up.
+async fn peer_read_all(fd: &std::os::fd::OwnedFd, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match unread(fd) {
+            Ok(0) => {
+                return matches!(
+                    nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::SocketError),
+                    Ok(0)
+                )
+            }
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(2)).await
+            }
+            _ => return false,
         }
     }
 }
@@ -138,7 +190,9 @@ impl hyper::rt::Write for ConnIo {
         if r.is_ok() {
             // hyper flushes its IO only once its buffer is written out, so every byte of an
             // armed answer has reached the socket.
-            this.deliveries.fire();
+            use std::os::fd::AsFd;
+            this.deliveries
+                .flushed(this.inner.inner().as_fd(), this.write_timeout);
         }
         Poll::Ready(r)
     }

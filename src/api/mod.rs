@@ -14,8 +14,9 @@
 //!    user in `Vmwarden-User`); an unregistered principal gets 403 before its input is read.
 //! 4. The route is matched, the body read under `limits.max_body_bytes` and the same
 //!    timeout, and `ops::parse` turns it all into one typed `Op` (unknown fields refused).
-//! 5. `routes::execute` runs the `Service` operation; one with side effects runs in a task
-//!    of its own, so a client that hangs up never cuts it short.
+//! 5. `routes::execute` runs the `Service` operation. Every request is handled in a task of
+//!    its own (and an operation with side effects in one more), so a client that hangs up
+//!    once its request is sent never cuts it short.
 //! 6. The result is JSON with Content-Length; every error becomes problem+json in
 //!    `error::status_and_code`; an answer that carries shares fires its delivery ticket once
 //!    flushed to the socket.
@@ -181,8 +182,14 @@ pub async fn serve(listener: UnixListener, svc: Arc<Service>, shutdown: impl Fut
                 slot: std::sync::Mutex::new(Some(slot)),
             });
             let svc_fn = hyper::service::service_fn(move |req| {
-                let (st, ctx) = (st.clone(), ctx.clone());
-                async move { Ok::<_, std::convert::Infallible>(routes::handle(st, ctx, req).await) }
+                // The handler runs in a task of its own: a client that hangs up after sending
+                // its request (hyper then drops this future) does not cut it short.
+                let handler = tokio::spawn(routes::handle(st.clone(), ctx.clone(), req));
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        handler.await.unwrap_or_else(|_| routes::internal_error()),
+                    )
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

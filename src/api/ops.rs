@@ -674,6 +674,26 @@ mod tests {
     }
 
     #[test]
+    fn openapi_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(super::super::routes::OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented = vec![];
+        for (path, ops) in paths {
+            for m in ops.as_object().unwrap().keys() {
+                documented.push((m.to_uppercase(), path.clone()));
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
     fn unlock_errors_never_quote_the_body() {
         let e = op(
             "POST",

@@ -205,7 +205,16 @@ fn created_project(c: CreatedProject, conn: &ConnCtx) -> Response<ApiBody> {
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
+    // The connection reads nothing after this answer: whether the peer read it is told by
+    // the socket alone (see `conn::Deliveries`).
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     r
+}
+
+/// The answer when a handler task panicked.
+pub fn internal_error() -> Response<ApiBody> {
+    problem(&ApiError::Service(crate::service::ServiceError::Task))
 }
 
 async fn read_body(st: &State, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {

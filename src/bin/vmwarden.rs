@@ -231,11 +231,31 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 format!("/v1/projects/{project}/members/{user}"),
                 None,
             ),
-            ProjectCmd::RemoveMember { project, user } => (
-                M::DELETE,
-                format!("/v1/projects/{project}/members/{user}"),
-                None,
-            ),
+            ProjectCmd::RemoveMember {
+                project,
+                user,
+                force,
+                transfer_to,
+            } => {
+                let mut q = vec![];
+                if force {
+                    q.push("force=true".to_string());
+                }
+                if let Some(t) = transfer_to {
+                    q.push(format!("transfer_to={t}"));
+                }
+                let q = if q.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", q.join("&"))
+                };
+                (
+                    M::DELETE,
+                    format!("/v1/projects/{project}/members/{user}{q}"),
+                    None,
+                )
+            }
+            ProjectCmd::Delete { project } => (M::DELETE, format!("/v1/projects/{project}"), None),
         },
         Cmd::Drive(d) => match d {
             DriveCmd::Create {
@@ -287,10 +307,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             VmCmd::Delete { id } => (M::DELETE, format!("/v1/vms/{id}"), None),
             VmCmd::Start { id } => (M::POST, format!("/v1/vms/{id}/start"), None),
-            VmCmd::Stop { id, force } => (
+            VmCmd::Stop { id, force, no_wait } => (
                 M::POST,
                 format!("/v1/vms/{id}/stop"),
-                body(json!({"force": force})),
+                body(json!({"force": force, "wait": !no_wait})),
             ),
             VmCmd::Keepalive { id } => (M::POST, format!("/v1/vms/{id}/keepalive"), None),
             VmCmd::Attach { id, drive } => (M::PUT, format!("/v1/vms/{id}/drives/{drive}"), None),

@@ -46,13 +46,15 @@ impl Service {
     /// Launches the VM from its encrypted drives. The VM is `starting` meanwhile; the
     /// answer, the recorded state and the audit row agree on how it ended.
     pub async fn start(&self, p: &Principal, id: VmId) -> Result<VmView> {
-        // A stop in progress holds the VM's lock for up to its timeout: answer at once.
+        // A stop in progress holds the VM's lock for up to its timeout: answer at once. A
+        // `stopping` with the lock free is a leftover of a daemon that died mid-stop.
         let vm = self.vm_checked(p, id, VmAction::Start).await?;
-        if vm.state == VmState::Stopping {
-            return Err(stopping_conflict(id));
-        }
         let slot = self.vm_slot(id);
-        let _g = slot.op.lock().await;
+        let _g = match slot.op.try_lock() {
+            Ok(g) => g,
+            Err(_) if vm.state == VmState::Stopping => return Err(stopping_conflict(id)),
+            Err(_) => slot.op.lock().await,
+        };
         let vm = self.vm_checked(p, id, VmAction::Start).await?;
         let r = match self.prepare_launch(&vm).await {
             Ok(disks) => self.launch(p, &vm, disks).await,
@@ -103,8 +105,11 @@ impl Service {
     async fn launch(&self, p: &Principal, vm: &Vm, disks: Vec<DiskSpec>) -> Result<()> {
         let id = vm.id;
         let _shared = self.project_lock(&vm.project).read_owned().await;
+        // Under the VM's lock no other operation runs: a `starting` or `stopping` found here
+        // was left by a daemon that died, and libvirt just said no domain runs.
+        let from = [VmState::Stopped, VmState::Starting, VmState::Stopping];
         match self
-            .db(move |s| s.transition(id, &[VmState::Stopped], VmState::Starting, "start"))
+            .db(move |s| s.transition(id, &from, VmState::Starting, "start"))
             .await?
         {
             Ok(_) => {}
@@ -729,6 +734,14 @@ impl Service {
             if !rows.contains(&s) {
                 self.remove_image(s).await;
             }
+        }
+        // A `starting` or `stopping` left by the dead daemon is settled before anyone asks
+        // (bounded: a hung libvirtd delays the start-up, it does not stop it; the periodic
+        // reconcile catches up).
+        match tokio::time::timeout(Duration::from_secs(5), self.reconcile()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "start-up reconcile skipped"),
+            Err(_) => tracing::warn!("start-up reconcile timed out"),
         }
         Ok(report)
     }

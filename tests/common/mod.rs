@@ -29,6 +29,8 @@ pub struct Opts {
     pub sharing: String,
     pub idle: String,
     pub uri: Option<String>,
+    /// Mount a tmpfs of this size (`2m`) as the state directory.
+    pub tmpfs_state: Option<String>,
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -87,6 +89,23 @@ orchestrators = ["root"]
             limits = opts.limits,
         );
         std::fs::write(&config, text).unwrap();
+        if let Some(size) = &opts.tmpfs_state {
+            let state = dir.join("state");
+            std::fs::create_dir_all(&state).unwrap();
+            let ok = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0711"),
+                    "tmpfs",
+                ])
+                .arg(&state)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "cannot mount a tmpfs on {}", state.display());
+        }
         let log = dir.join("daemon.log");
         let mut d = Daemon {
             dir,
@@ -199,6 +218,10 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = Command::new("umount")
+            .arg(self.state())
+            .stderr(Stdio::null())
+            .status();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -235,6 +258,44 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 impl Client {
+    /// As `req`, but a connection that fails (a daemon killed mid-request) is `None`.
+    pub async fn try_req(
+        &self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> Option<Resp> {
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "vmwarden");
+        if let Some(u) = user {
+            req = req.header("vmwarden-user", u);
+        }
+        let body = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        let raw = resp.into_body().collect().await.ok()?.to_bytes().to_vec();
+        Some(Resp {
+            status,
+            body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
+            raw,
+            content_type: String::new(),
+            retry_after: None,
+        })
+    }
+
     pub async fn raw(
         &self,
         method: &str,
@@ -580,4 +641,170 @@ pub fn qemu_pid(vm: &str) -> i32 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// A whole HTTP/1.1 request as bytes, as a raw client would send it.
+pub fn raw_request(
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Vec<u8> {
+    let body = body
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
+    let mut r = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(u) = user {
+        r.push_str(&format!("vmwarden-user: {u}\r\n"));
+    }
+    r.push_str("\r\n");
+    let mut r = r.into_bytes();
+    r.extend_from_slice(&body);
+    r
+}
+
+/// Sends `request` and hangs up `after` it, reading nothing: the client that gives up.
+pub fn hang_up(socket: &Path, request: &[u8], after: Duration) {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.write_all(request).unwrap();
+    if !after.is_zero() {
+        std::thread::sleep(after);
+    }
+    drop(s);
+}
+
+/// Sends `request` and reads the whole answer (one response; `connection: close` is not
+/// assumed, the body length is).
+pub fn raw_roundtrip(socket: &Path, request: &[u8]) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap();
+                let body = serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or_default();
+                return (status, body);
+            }
+        }
+    }
+    panic!(
+        "connection closed before a whole answer: {}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `within` (a guard against a
+/// hang, not a measurement).
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Audit rows as JSON (root's view).
+pub async fn audit_rows(c: &Client, query: &str) -> Vec<serde_json::Value> {
+    let r = c
+        .get(&format!("/v1/audit?limit=10000{query}"), "root")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body.as_array().unwrap().clone()
+}
+
+/// Image files in a daemon's drives folder.
+pub fn image_files(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.state().join("drives"))
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Storage ids of every drive row (read straight from the database file).
+pub fn storage_rows(d: &Daemon) -> Vec<String> {
+    let conn = rusqlite::Connection::open(d.db()).unwrap();
+    let mut st = conn.prepare("SELECT storage FROM drives").unwrap();
+    let rows = st
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| format!("{}.qcow2", r.unwrap()))
+        .collect();
+    rows
+}
+
+/// Holds `n` connections to `socket` open as Unix user `uid` (a forked child that drops
+/// root), each having sent `payload` and reading nothing. Kill the returned child to free
+/// them. Everything the child needs is prepared before the fork, so the child only makes
+/// system calls (safe after fork in a threaded process).
+pub fn hog_as(uid: u32, path: &Path, n: usize, payload: &[u8]) -> nix::unistd::Pid {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let addr = UnixAddr::new(path).unwrap();
+    let payload = payload.to_vec();
+    // SAFETY: the child only calls async-signal-safe functions (setgroups, setgid, setuid,
+    // socket, connect, write, pause, _exit) on memory prepared before the fork.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Parent { child } => child,
+        nix::unistd::ForkResult::Child => {
+            let gid = nix::unistd::Gid::from_raw(uid);
+            let ok = nix::unistd::setgroups(&[]).is_ok()
+                && nix::unistd::setgid(gid).is_ok()
+                && nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).is_ok();
+            if !ok {
+                // SAFETY: _exit ends the child without running the parent's destructors.
+                unsafe { libc::_exit(2) };
+            }
+            for _ in 0..n {
+                if let Ok(fd) = socket(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    SockFlag::empty(),
+                    None,
+                ) {
+                    use std::os::fd::AsRawFd;
+                    if connect(fd.as_raw_fd(), &addr).is_ok() {
+                        let _ = nix::unistd::write(&fd, &payload);
+                    }
+                    std::mem::forget(fd);
+                }
+            }
+            loop {
+                // SAFETY: pause only waits for a signal.
+                unsafe { libc::pause() };
+            }
+        }
+    }
+}
+
+/// Ends a child started by `hog_as`.
+pub fn unhog(pid: nix::unistd::Pid) {
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
 }
