@@ -105,13 +105,18 @@ shares are read from a file or stdin, never from the command line.";
     /// `vmwarden project ...`.
     #[derive(Subcommand, Debug)]
     pub enum ProjectCmd {
-        /// Create a project; prints the two key shares once.
+        /// Create a project. Its two key shares exist only in this answer: they go to the
+        /// two files (created 0600; neither may exist yet), or to the terminal with
+        /// --show-shares.
         Create {
             /// Project name.
             name: String,
             /// Member (repeatable).
             #[arg(long = "member")]
             members: Vec<String>,
+            /// Where the shares go.
+            #[command(flatten)]
+            shares: ShareOut,
         },
         /// Projects with lock status.
         #[command(alias = "list")]
@@ -129,10 +134,13 @@ shares are read from a file or stdin, never from the command line.";
             /// Project.
             project: String,
         },
-        /// Re-key an unlocked project and print the new share pair once.
+        /// Re-key an unlocked project; the new share pair goes where `create` puts it.
         Resplit {
             /// Project.
             project: String,
+            /// Where the shares go.
+            #[command(flatten)]
+            shares: ShareOut,
         },
         /// Add a member.
         AddMember {
@@ -160,6 +168,20 @@ shares are read from a file or stdin, never from the command line.";
             /// Project.
             project: String,
         },
+    }
+
+    /// Where new key shares go.
+    #[derive(clap::Args, Debug)]
+    pub struct ShareOut {
+        /// Write the admin share to this new file (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        pub admin_share_file: Option<PathBuf>,
+        /// Write the member share to this new file (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        pub member_share_file: Option<PathBuf>,
+        /// Print the shares (to a terminal nobody else can read).
+        #[arg(long)]
+        pub show_shares: bool,
     }
 
     /// `vmwarden drive ...`.

@@ -357,10 +357,9 @@ fn share(
     if p.team.as_ref() != Some(&vm.team) {
         return Deny(Denial::TeamMismatch);
     }
-    let Some(target_team) = &t.team else {
-        return Deny(Denial::Hidden(Hidden::User));
-    };
-    if *target_team != vm.team {
+    // An unregistered name gets the answer of a user of another team (both are true: the
+    // name is not in the team), so sharing never reveals who is registered elsewhere.
+    if t.team.as_ref() != Some(&vm.team) {
         return Deny(Denial::TeamMismatch);
     }
     // Rule 4.
@@ -736,7 +735,7 @@ mod tests {
             ("3 re-grant to an owner is no-op",  &owner, vm(Role::Owner, 2), tgt(Some("lab"), true, Some(Role::Owner)), Role::Owner, true, "ok"),
             ("3 user upgraded at max refused",   &owner, vm(Role::Owner, 2), tgt(Some("lab"), true, Some(Role::User)), Role::Owner, true, "409max"),
             ("4 target not in project",          &owner, vm(Role::Owner, 1), tgt(Some("lab"), false, None), Role::User, false, "409member"),
-            ("  unknown target",                 &owner, vm(Role::Owner, 1), tgt(None, false, None), Role::User, false, "404"),
+            ("1 unregistered target: as another team's", &owner, vm(Role::Owner, 1), tgt(None, false, None), Role::User, false, "409team"),
             ("6 demote the last owner",          &owner, vm(Role::Owner, 1), tgt(Some("lab"), true, Some(Role::Owner)), Role::User, false, "409last"),
             ("6 demote a co-owner",              &owner, vm(Role::Owner, 2), tgt(Some("lab"), true, Some(Role::Owner)), Role::User, false, "ok"),
             ("6 user cannot demote an owner",    &user,  vm(Role::User, 2),  tgt(Some("lab"), true, Some(Role::Owner)), Role::User, false, "403o"),

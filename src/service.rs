@@ -521,6 +521,9 @@ pub struct Service {
     idle: Mutex<idle::Tracker>,
     /// Idle shutdowns since start, for /metrics.
     idle_shutdowns: AtomicU64,
+    /// Store calls made: tests show with it that a hidden object costs the same work as a
+    /// missing one.
+    store_calls: AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -579,7 +582,13 @@ impl Service {
             project_locks: Mutex::new(HashMap::new()),
             key_locks: Mutex::new(HashMap::new()),
             idle_shutdowns: AtomicU64::new(0),
+            store_calls: AtomicU64::new(0),
         }
+    }
+
+    /// Store calls made since start.
+    pub fn store_calls(&self) -> u64 {
+        self.store_calls.load(Ordering::Relaxed)
     }
 
     /// The configuration.
@@ -665,6 +674,7 @@ impl Service {
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T> {
+        self.store_calls.fetch_add(1, Ordering::Relaxed);
         let store = self.store.clone();
         Ok(blocking(move || f(&store)).await??)
     }
@@ -674,6 +684,7 @@ impl Service {
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.store_calls.fetch_add(1, Ordering::Relaxed);
         let store = self.store.clone();
         blocking(move || f(&store)).await?
     }
@@ -929,3 +940,6 @@ mod projects;
 mod resources;
 
 pub use lifecycle::StopStarted;
+
+#[cfg(test)]
+mod tests;

@@ -282,15 +282,35 @@ fn cli_walkthrough_starts_and_stops_a_domain() {
     };
     assert_eq!(cli(&["user", "put", "root", "--team", "ops"]).0, 0);
     assert_eq!(cli(&["user", "put", "alice", "--team", "lab"]).0, 0);
-    let (rc, out, _) = cli(&[
-        "--json", "project", "create", "genomics", "--member", "alice",
-    ]);
-    assert_eq!(rc, 0);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The shares exist only in the answer: the CLI wants files for them (or --show-shares).
+    let (rc, _, err) = cli(&["project", "create", "genomics", "--member", "alice"]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("--admin-share-file"), "{err}");
+    assert_eq!(cli(&["project", "status"]).1.trim(), "(none)");
     let dir = tempfile::tempdir().unwrap();
     let (a, m) = (dir.path().join("a"), dir.path().join("m"));
-    std::fs::write(&a, v["admin_share"].as_str().unwrap()).unwrap();
-    std::fs::write(&m, v["member_share"].as_str().unwrap()).unwrap();
+    let (rc, out, err) = cli(&[
+        "--json",
+        "project",
+        "create",
+        "genomics",
+        "--member",
+        "alice",
+        "--admin-share-file",
+        a.to_str().unwrap(),
+        "--member-share-file",
+        m.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!out.contains("vmw-"), "a share was printed: {out}");
+    use std::os::unix::fs::PermissionsExt;
+    for (f, label) in [(&a, "vmw-admin-"), (&m, "vmw-member-")] {
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(std::fs::read_to_string(f).unwrap().starts_with(label));
+    }
     assert_eq!(
         cli(&[
             "project",

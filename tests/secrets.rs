@@ -146,3 +146,110 @@ fn daemon_has_a_zero_core_limit() {
         "{core}"
     );
 }
+
+/// The daemon's whole memory (readable mappings of /proc/<pid>/mem, read as root) as
+/// (mapping name, bytes).
+fn memory(pid: u32) -> Vec<(String, Vec<u8>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut out = vec![];
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        let name = f.nth(3).unwrap_or("[anon]").to_owned();
+        if !perms.starts_with('r') || name == "[vvar]" || name == "[vsyscall]" {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() {
+            out.push((format!("{name} {range}"), buf));
+        }
+    }
+    out
+}
+
+/// After unlock, a drive created, a launch, a stop and a lock, no copy of K (nor of its
+/// first 16 bytes, an AES-256 round key), of a share or of the drive's passphrase remains
+/// anywhere in the daemon's memory.
+#[test]
+fn no_copy_of_a_secret_stays_in_memory_after_lock() {
+    rt().block_on(async {
+        let d = Daemon::start(Opts::default());
+        let c = d.client();
+        users(&c, &[("alice", "lab")]).await;
+        let s = project(&c, "genomics", &["alice"]).await;
+        let k = vmwarden::keys::combine(s.admin.as_bytes(), s.member.as_bytes()).unwrap();
+        let (_, a) = vmwarden::keys::parse_share(s.admin.as_bytes()).unwrap();
+        let (_, m) = vmwarden::keys::parse_share(s.member.as_bytes()).unwrap();
+        unlock(&c, "genomics", &s, "alice").await;
+        let drv = drive(&c, "alice", "genomics", "boot").await;
+        write_boot_sector(&d, &s, "genomics", &drv, &boot_sector("MEM", false));
+        let vm = vm(&c, "alice", "genomics", "web", &[&drv]).await;
+        let r = c
+            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let r = c
+            .req(
+                "POST",
+                &format!("/v1/vms/{vm}/stop"),
+                Some("alice"),
+                Some(json!({"force": true})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let wrapped: Vec<u8> = rusqlite::Connection::open(d.db())
+            .unwrap()
+            .query_row("SELECT wrapped FROM drives WHERE id = ?1", [&drv], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let pass = vmwarden::keys::unwrap(
+            &k,
+            &vmwarden::model::ProjectName::parse("genomics").unwrap(),
+            &drv,
+            &wrapped,
+        )
+        .unwrap();
+        let r = c
+            .req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let secrets: Vec<(&str, Vec<u8>)> = vec![
+            ("K", k.expose().to_vec()),
+            ("K's first round key", k.expose()[..16].to_vec()),
+            ("K's second round key", k.expose()[16..].to_vec()),
+            ("A", a.expose().to_vec()),
+            ("M", m.expose().to_vec()),
+            ("admin share token", s.admin.clone().into_bytes()),
+            ("member share token", s.member.clone().into_bytes()),
+            ("passphrase", pass.expose().to_vec()),
+            ("passphrase bytes", STANDARD.decode(pass.expose()).unwrap()),
+        ];
+        let mem = memory(d.pid());
+        assert!(mem.iter().map(|(_, b)| b.len()).sum::<usize>() > 1 << 20);
+        let mut found = vec![];
+        for (what, needle) in &secrets {
+            for (place, hay) in &mem {
+                let n = hay
+                    .windows(needle.len())
+                    .filter(|w| w == &needle.as_slice())
+                    .count();
+                if n > 0 {
+                    found.push(format!("{n} x {what} in {place}"));
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "secrets left in memory:\n{}",
+            found.join("\n")
+        );
+    });
+}

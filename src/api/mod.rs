@@ -193,6 +193,9 @@ pub async fn serve(listener: UnixListener, svc: Arc<Service>, shutdown: impl Fut
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
+                // A client that shuts its writing side once its request is sent (`socat`,
+                // `nc -N`) still gets its answer.
+                .half_close(true)
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(64 * 1024)
                 .serve_connection(

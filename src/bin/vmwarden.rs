@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::PathBuf;
-use vmwarden::cli::client::{Cli, Cmd, DriveCmd, HostCmd, ProjectCmd, UserCmd, VmCmd};
+use vmwarden::cli::client::{Cli, Cmd, DriveCmd, HostCmd, ProjectCmd, ShareOut, UserCmd, VmCmd};
 use zeroize::Zeroizing;
 
 struct Client {
@@ -171,6 +171,89 @@ fn read_share(file: Option<PathBuf>) -> anyhow::Result<Zeroizing<String>> {
     Ok(trimmed)
 }
 
+/// Where the shares of a new project or re-key go. The files are created (0600, never over
+/// an existing file) before the request, so an answer that arrives always has somewhere to
+/// go: the shares exist only in that answer.
+struct ShareFiles {
+    files: Option<[(PathBuf, std::fs::File); 2]>,
+}
+
+impl ShareFiles {
+    fn open(o: ShareOut) -> anyhow::Result<Self> {
+        let create = |p: &PathBuf| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(p)
+                .with_context(|| format!("Cannot create {} (it must not exist yet)", p.display()))
+        };
+        match (o.admin_share_file, o.member_share_file) {
+            (Some(a), Some(m)) => {
+                let fa = create(&a)?;
+                let fm = create(&m).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&a);
+                })?;
+                Ok(Self {
+                    files: Some([(a, fa), (m, fm)]),
+                })
+            }
+            (None, None) if o.show_shares => Ok(Self { files: None }),
+            _ => bail!(
+                "The shares are shown only once: give both --admin-share-file and \
+                 --member-share-file (created 0600), or --show-shares to print them"
+            ),
+        }
+    }
+
+    fn finish(self, r: Reply, json_out: bool) -> anyhow::Result<i32> {
+        let mut v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        if r.status >= 400 {
+            if let Some(files) = &self.files {
+                for (p, _) in files {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            return Ok(report_error(r.status, &v, &r.body, json_out));
+        }
+        let Some(files) = self.files else {
+            println!("{}", String::from_utf8_lossy(&r.body));
+            return Ok(0);
+        };
+        for ((path, mut f), key) in files.into_iter().zip(["admin_share", "member_share"]) {
+            use std::io::Write;
+            let share = Zeroizing::new(v[key].as_str().unwrap_or_default().to_owned());
+            f.write_all(share.as_bytes())
+                .and_then(|_| f.write_all(b"\n"))
+                .and_then(|_| f.sync_all())
+                .with_context(|| format!("Cannot write {}", path.display()))?;
+            v[key] = Value::Null;
+            if let Value::Object(o) = &mut v {
+                o.remove(key);
+                o.insert(format!("{key}_file"), json!(path.display().to_string()));
+            }
+        }
+        if json_out {
+            println!("{v}");
+        } else {
+            print_human(&v);
+        }
+        Ok(0)
+    }
+}
+
+fn report_error(status: u16, v: &Value, raw: &[u8], json_out: bool) -> i32 {
+    if json_out {
+        println!("{}", String::from_utf8_lossy(raw));
+    } else {
+        let detail = v["detail"].as_str().unwrap_or("request failed");
+        let code = v["code"].as_str().unwrap_or("error");
+        eprintln!("vmwarden: {detail} ({code}, HTTP {status})");
+    }
+    exit_code(status)
+}
+
 fn body(v: Value) -> Option<Zeroizing<Vec<u8>>> {
     Some(Zeroizing::new(serde_json::to_vec(&v).expect("json")))
 }
@@ -207,11 +290,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             UserCmd::Delete { name } => (M::DELETE, format!("/v1/users/{name}"), None),
         },
         Cmd::Project(p) => match p {
-            ProjectCmd::Create { name, members } => (
-                M::POST,
-                "/v1/projects".into(),
-                body(json!({"name": name, "members": members})),
-            ),
+            ProjectCmd::Create {
+                name,
+                members,
+                shares,
+            } => {
+                let out = ShareFiles::open(shares)?;
+                let r = c
+                    .call(
+                        M::POST,
+                        "/v1/projects",
+                        body(json!({"name": name, "members": members})),
+                    )
+                    .await?;
+                return out.finish(r, cli.json);
+            }
             ProjectCmd::Status => (M::GET, "/v1/projects".into(), None),
             ProjectCmd::Unlock {
                 project,
@@ -223,8 +316,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 (M::POST, format!("/v1/projects/{project}/unlock"), Some(b))
             }
             ProjectCmd::Lock { project } => (M::POST, format!("/v1/projects/{project}/lock"), None),
-            ProjectCmd::Resplit { project } => {
-                (M::POST, format!("/v1/projects/{project}/resplit"), None)
+            ProjectCmd::Resplit { project, shares } => {
+                let out = ShareFiles::open(shares)?;
+                let r = c
+                    .call(M::POST, &format!("/v1/projects/{project}/resplit"), None)
+                    .await?;
+                return out.finish(r, cli.json);
             }
             ProjectCmd::AddMember { project, user } => (
                 M::PUT,
@@ -371,14 +468,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let r = c.call(method, &path, req).await?;
     let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     if r.status >= 400 {
-        if cli.json {
-            println!("{}", String::from_utf8_lossy(&r.body));
-        } else {
-            let detail = v["detail"].as_str().unwrap_or("request failed");
-            let code = v["code"].as_str().unwrap_or("error");
-            eprintln!("vmwarden: {detail} ({code}, HTTP {})", r.status);
-        }
-        return Ok(exit_code(r.status));
+        return Ok(report_error(r.status, &v, &r.body, cli.json));
     }
     if cli.json || v.is_null() {
         println!("{}", String::from_utf8_lossy(&r.body));

@@ -11,6 +11,13 @@ use vmwarden::hypervisor::libvirt::Libvirt;
 use vmwarden::service::Service;
 use vmwarden::{api, daemon, store};
 
+/// Freed heap memory is zeroed before it goes back to the allocator: a buffer that held a
+/// share or a passphrase for a moment (hyper's read buffers, serde's scratch space, a JSON
+/// body) leaves nothing behind once it is freed.
+#[global_allocator]
+static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(path) = args.check_config {

@@ -5,6 +5,7 @@
 //! every behaviour is tested against real libvirtd + QEMU as well. Methods block: the service
 //! calls them from `spawn_blocking`.
 
+pub mod double;
 pub mod image;
 pub mod libvirt;
 pub mod xml;

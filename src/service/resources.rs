@@ -126,6 +126,9 @@ impl Service {
     ) -> Result<crate::store::DriveRow> {
         let row = self.db(move |s| s.drive(id)).await?;
         let Some(row) = row else {
+            // A missing drive costs the same work as a hidden one: no answer time tells
+            // them apart.
+            let _ = self.is_member(&unseen_project(), &p.name).await?;
             return Err(deny(Denial::Hidden(Hidden::Drive), &id.to_string()));
         };
         let member = self.is_member(&row.drive.project, &p.name).await?;
@@ -195,6 +198,8 @@ impl Service {
     pub(super) async fn vm_facts(&self, p: &Principal, id: VmId) -> Result<(Vm, VmFacts)> {
         let vm = self.db(move |s| s.vm(id)).await?;
         let Some(vm) = vm else {
+            // A missing VM costs the same work as a hidden one.
+            let _ = self.is_member(&unseen_project(), &p.name).await?;
             return Err(deny(Denial::Hidden(Hidden::Vm), &id.to_string()));
         };
         let member = self.is_member(&vm.project, &p.name).await?;
@@ -540,6 +545,7 @@ impl Service {
         let _g = slot.op.lock().await;
         let actor = p.clone();
         let t2 = target.clone();
+        let max_owners = self.cfg.sharing.max_owners;
         let (change, vm) = self
             .db_checked(move |s| {
                 let mut a = audit(&actor, action, t2.to_string(), Some(id));
@@ -570,7 +576,7 @@ impl Service {
                             Err(Refusal::silent(deny(d, &id.to_string())))
                         }
                         Decision::Deny(d) => {
-                            let e = deny(d, &id.to_string());
+                            let e = role_denial(d, &t2, &f.vm, max_owners);
                             let o = e.outcome();
                             Err(Refusal::audited(e, o))
                         }
@@ -659,6 +665,39 @@ impl Service {
         });
         Ok(rows)
     }
+}
+
+/// The stand-in for the membership read of a missing object: the read is made so that a
+/// missing object costs the same work as a hidden one, and its answer is not used.
+fn unseen_project() -> ProjectName {
+    ProjectName::parse("0-unseen").expect("valid")
+}
+
+/// The refusal of a share or unshare, in words that name what is wrong. A target outside
+/// the caller's team is named with the caller's own team only (the VM's, which every role
+/// holder is in): never the target's team, which the caller may not know.
+fn role_denial(d: Denial, target: &UserName, vm: &Vm, max_owners: usize) -> ServiceError {
+    let message = match d {
+        Denial::TeamMismatch => format!("{target} is not in your team {}", vm.team),
+        Denial::NotProjectMember => {
+            format!("{target} is not a member of project {}", vm.project)
+        }
+        Denial::MaxOwnersReached => format!(
+            "VM {} ({}) already has {max_owners} owners, the most sharing.max_owners allows",
+            vm.name, vm.id
+        ),
+        Denial::ConfirmationRequired => format!(
+            "Co-ownership of VM {} hands over its drives to {target}: confirm with confirm_drive_access",
+            vm.name
+        ),
+        Denial::LastOwner => format!(
+            "{target} is the last owner of VM {}: make someone else owner first",
+            vm.name
+        ),
+        Denial::OwnerRequired => format!("Only owners of VM {} may do this", vm.name),
+        other => return deny(other, &vm.id.to_string()),
+    };
+    ServiceError::Denied(DenialMsg { denial: d, message })
 }
 
 pub(super) fn drive_fits(d: &Drive, project: &ProjectName, vm: Option<VmId>) -> Result<()> {

@@ -135,11 +135,18 @@ orchestrators = ["root"]
             .stderr(log)
             .spawn()
             .unwrap();
+        let pid = child.id() as i32;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
+            // Up means this process listens on the path: a socket left by a killed daemon (held
+            // a moment longer by a child it was starting) answers with another pid.
+            if let Ok(s) = std::os::unix::net::UnixStream::connect(&self.socket) {
+                let peer =
+                    nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials);
+                if peer.is_ok_and(|c| c.pid() == pid) {
+                    return;
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -807,4 +814,32 @@ pub fn hog_as(uid: u32, path: &Path, n: usize, payload: &[u8]) -> nix::unistd::P
 pub fn unhog(pid: nix::unistd::Pid) {
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(pid, None);
+}
+
+/// Sends one raw request as Unix user `uid` (setpriv + socat) and returns the raw answer.
+pub fn as_uid(uid: u32, socket: &Path, request: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "socat",
+            "-t",
+            "5",
+            "-",
+        ])
+        .arg(format!("UNIX-CONNECT:{}", socket.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut req = request.to_vec();
+    // One request per connection: the daemon closes after answering it.
+    if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+        req.splice(end + 2..end + 2, b"connection: close\r\n".iter().copied());
+    }
+    child.stdin.take().unwrap().write_all(&req).unwrap();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
 }
