@@ -219,7 +219,7 @@ mod tests {
             (svc(ServiceError::NotFound("x".into())), 404, "not_found"),
             (
                 svc(ServiceError::Conflict {
-                    code: "no_drive",
+                    code: crate::service::ConflictCode::NoDrive,
                     message: "x".into(),
                 }),
                 409,

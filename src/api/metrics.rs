@@ -88,9 +88,9 @@ impl Metrics {
     }
 }
 
-/// Renders every metric (admins only; the service's inventory call checks that).
+/// Renders every metric (admins only: the service asks policy).
 pub async fn render(st: &State, p: &Principal) -> Result<Response<ApiBody>, ApiError> {
-    let vms = st.svc.host_vms(p).await?;
+    let vms = st.svc.metrics_inventory(p).await?;
     let m = &st.metrics;
     let mut out = String::new();
     out.push_str("# HELP vmwarden_vms VMs by state.\n# TYPE vmwarden_vms gauge\n");

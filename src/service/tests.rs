@@ -264,3 +264,42 @@ async fn refused_launch_is_recorded_with_its_code() {
         ("vm.start", "failed:hypervisor_error")
     );
 }
+
+/// Every typed code renders to the exact string the API, the audit log and the event stream
+/// have always used.
+#[test]
+fn codes_render_to_their_stable_strings() {
+    let render = |all: Vec<&'static str>| all.join(" ");
+    assert_eq!(
+        render(ConflictCode::ALL.iter().map(|c| c.as_str()).collect()),
+        "vm_running vm_stopping no_drive drive_attached project_mismatch user_has_roles \
+         project_not_empty member_owns changed_meanwhile"
+    );
+    assert_eq!(
+        render(EventKind::ALL.iter().map(|c| c.as_str()).collect()),
+        "vm.state vm.created vm.deleted vm.shared vm.unshared vm.idle_warning vm.idle_shutdown \
+         drive.attached drive.detached project.unlock_pending project.unlocked project.locked \
+         project.member_removed project.deleted"
+    );
+    assert_eq!(
+        render(AuditAction::ALL.iter().map(|c| c.as_str()).collect()),
+        "user.put user.delete project.create project.delivered project.create_undone \
+         project.delete project.member_add project.member_remove project.unlock project.lock \
+         project.resplit project.resplit_delivered project.resplit_undone drive.create \
+         drive.delete drive.attach drive.attach_undone drive.detach vm.create vm.update \
+         vm.delete vm.share vm.unshare vm.start vm.stop vm.keepalive vm.state \
+         vm.idle_shutdown host.stop"
+    );
+    assert_eq!(
+        [StopCause::Request, StopCause::Admin, StopCause::Idle].map(StopCause::as_str),
+        ["stop", "admin", "idle"]
+    );
+    for a in AuditAction::ALL {
+        assert_eq!(AuditAction::parse(a.as_str()), Some(*a));
+        assert_eq!(a.names_drive(), a.as_str().starts_with("drive."));
+    }
+    assert_eq!(
+        serde_json::to_string(&EventKind::VmState).unwrap(),
+        "\"vm.state\""
+    );
+}

@@ -1,0 +1,292 @@
+use super::*;
+
+fn p() -> ProjectName {
+    ProjectName::parse("genomics").unwrap()
+}
+fn admin() -> Submitter {
+    Submitter {
+        name: UserName::parse("root").unwrap(),
+        admin: true,
+        member: false,
+    }
+}
+fn member(n: &str) -> Submitter {
+    Submitter {
+        name: UserName::parse(n).unwrap(),
+        admin: false,
+        member: true,
+    }
+}
+
+const W: Duration = Duration::from_secs(600);
+const TTL: Duration = Duration::from_secs(3600);
+
+struct Fixture {
+    ring: Keyring,
+    ver: Vec<u8>,
+    a: SecretBytes,
+    m: SecretBytes,
+    t0: Instant,
+}
+
+fn fixture() -> Fixture {
+    let nk = generate();
+    Fixture {
+        ring: Keyring::new(),
+        ver: verifier(&nk.key, &p()),
+        a: nk.admin_share,
+        m: nk.member_share,
+        t0: Instant::now(),
+    }
+}
+
+impl Fixture {
+    fn submit(
+        &self,
+        tok: &SecretBytes,
+        who: &Submitter,
+        at: u64,
+    ) -> Result<UnlockOutcome, KeyError> {
+        let t = self.ring.evaluate(
+            &p(),
+            Verifiers {
+                current: &self.ver,
+                staged: None,
+            },
+            tok.expose(),
+            who,
+            W,
+            TTL,
+            self.t0 + Duration::from_secs(at),
+        );
+        self.ring.apply(t)
+    }
+    fn locked(&self, at: u64) -> bool {
+        self.ring
+            .status(&p(), self.t0 + Duration::from_secs(at))
+            .locked
+    }
+}
+
+/// One row per scenario: steps of (which share, who, seconds after start, expected).
+#[test]
+fn unlock_state_machine_table() {
+    use UnlockOutcome::*;
+    #[derive(Clone, Copy)]
+    enum S {
+        A,
+        M,
+        Bad,
+    }
+    #[derive(Clone, Copy)]
+    enum Who {
+        Admin,
+        Alice,
+        Bob,
+    }
+    type Exp = Result<UnlockOutcome, &'static str>;
+    type Row = (&'static str, Vec<(S, Who, u64, Exp)>, bool);
+    let rows: Vec<Row> = vec![
+        (
+            "admin then member",
+            vec![
+                (S::A, Who::Admin, 0, Ok(Pending)),
+                (S::M, Who::Alice, 5, Ok(Unlocked)),
+            ],
+            false,
+        ),
+        (
+            "member then admin",
+            vec![
+                (S::M, Who::Alice, 0, Ok(Pending)),
+                (S::A, Who::Admin, 5, Ok(Unlocked)),
+            ],
+            false,
+        ),
+        (
+            "window expired",
+            vec![
+                (S::A, Who::Admin, 0, Ok(Pending)),
+                (S::M, Who::Alice, 601, Ok(Pending)),
+            ],
+            true,
+        ),
+        (
+            "wrong share",
+            vec![
+                (S::A, Who::Admin, 0, Ok(Pending)),
+                (S::Bad, Who::Alice, 1, Err("invalid")),
+                (S::M, Who::Alice, 2, Ok(Pending)),
+            ],
+            true,
+        ),
+        (
+            "same half twice",
+            vec![
+                (S::A, Who::Admin, 0, Ok(Pending)),
+                (S::A, Who::Admin, 1, Err("already")),
+                (S::M, Who::Alice, 2, Ok(Unlocked)),
+            ],
+            false,
+        ),
+        (
+            "member half twice by two members",
+            vec![
+                (S::M, Who::Alice, 0, Ok(Pending)),
+                (S::M, Who::Bob, 1, Err("already")),
+            ],
+            true,
+        ),
+        (
+            "member share from admin who is no member",
+            vec![(S::M, Who::Admin, 0, Err("submitter"))],
+            true,
+        ),
+        (
+            "admin share from a member",
+            vec![(S::A, Who::Alice, 0, Err("submitter"))],
+            true,
+        ),
+        (
+            "again after unlock",
+            vec![
+                (S::A, Who::Admin, 0, Ok(Pending)),
+                (S::M, Who::Alice, 1, Ok(Unlocked)),
+                (S::A, Who::Admin, 2, Ok(AlreadyUnlocked)),
+            ],
+            false,
+        ),
+    ];
+    for (name, steps, locked_after) in rows {
+        let f = fixture();
+        let bad = generate().member_share;
+        let mut last = 0;
+        for (i, (s, who, at, exp)) in steps.into_iter().enumerate() {
+            let tok = match s {
+                S::A => &f.a,
+                S::M => &f.m,
+                S::Bad => &bad,
+            };
+            let who = match who {
+                Who::Admin => admin(),
+                Who::Alice => member("alice"),
+                Who::Bob => member("bob"),
+            };
+            let got = f.submit(tok, &who, at);
+            match (exp, &got) {
+                (Ok(e), Ok(g)) => assert_eq!(e, *g, "{name}: step {i}"),
+                (Err("invalid"), Err(KeyError::InvalidShare)) => {}
+                (Err("already"), Err(KeyError::HalfAlreadyPending(..))) => {}
+                (Err("submitter"), Err(KeyError::WrongSubmitter(..))) => {}
+                (e, g) => panic!("{name}: step {i}: expected {e:?}, got {g:?}"),
+            }
+            last = at;
+        }
+        assert_eq!(f.locked(last), locked_after, "{name}");
+    }
+}
+
+#[test]
+fn one_person_holding_both_shares_cannot_unlock() {
+    let f = fixture();
+    let both = Submitter {
+        name: UserName::parse("carol").unwrap(),
+        admin: true,
+        member: true,
+    };
+    assert_eq!(f.submit(&f.a, &both, 0), Ok(UnlockOutcome::Pending));
+    assert!(matches!(
+        f.submit(&f.m, &both, 1),
+        Err(KeyError::SamePrincipal(_))
+    ));
+    assert!(f.locked(1));
+    // The pending half survives the refusal, so a second person can still finish.
+    assert_eq!(
+        f.submit(&f.m, &member("alice"), 2),
+        Ok(UnlockOutcome::Unlocked)
+    );
+}
+
+#[test]
+fn lock_during_pending_discards_the_half() {
+    let f = fixture();
+    f.submit(&f.a, &admin(), 0).unwrap();
+    assert!(f.ring.lock(&p()));
+    assert_eq!(
+        f.submit(&f.m, &member("alice"), 1),
+        Ok(UnlockOutcome::Pending)
+    );
+    let st = f.ring.status(&p(), f.t0 + Duration::from_secs(1));
+    assert_eq!(st.waiting_for, vec![Half::Admin]);
+}
+
+#[test]
+fn ttl_expiry_locks_again() {
+    let f = fixture();
+    f.submit(&f.a, &admin(), 0).unwrap();
+    f.submit(&f.m, &member("alice"), 1).unwrap();
+    assert!(!f.locked(3600));
+    assert!(f.locked(3601));
+    let err = f
+        .ring
+        .with_key(&p(), f.t0 + Duration::from_secs(3602), |_| ())
+        .unwrap_err();
+    assert!(err.to_string().contains("admin share"), "{err}");
+}
+
+#[test]
+fn restart_leaves_project_locked() {
+    let f = fixture();
+    f.submit(&f.a, &admin(), 0).unwrap();
+    f.submit(&f.m, &member("alice"), 1).unwrap();
+    // A restart is a new, empty keyring; the verifier alone opens nothing.
+    let after_restart = Keyring::new();
+    assert!(after_restart.status(&p(), f.t0).locked);
+    assert!(after_restart.with_key(&p(), f.t0, |_| ()).is_err());
+}
+
+#[test]
+fn misplaced_and_malformed_shares() {
+    assert_eq!(parse_share(b"hello").unwrap_err(), KeyError::Malformed);
+    assert_eq!(
+        parse_share(b"vmw-admin-AAAA").unwrap_err(),
+        KeyError::Malformed
+    );
+    let nk = generate();
+    assert_eq!(parse_share(nk.admin_share.expose()).unwrap().0, Half::Admin);
+    assert_eq!(
+        parse_share(nk.member_share.expose()).unwrap().0,
+        Half::Member
+    );
+}
+
+#[test]
+fn wrap_roundtrip_and_tamper() {
+    let k = Key32::random();
+    let pass = new_passphrase();
+    let w = wrap(&k, &p(), "d1", &pass);
+    assert_eq!(unwrap(&k, &p(), "d1", &w).unwrap(), pass);
+    assert!(
+        unwrap(&k, &p(), "d2", &w).is_err(),
+        "AAD binds the drive id"
+    );
+    let other = ProjectName::parse("other").unwrap();
+    assert!(
+        unwrap(&k, &other, "d1", &w).is_err(),
+        "AAD binds the project"
+    );
+    for i in 0..w.len() {
+        let mut t = w.clone();
+        t[i] ^= 1;
+        assert!(unwrap(&k, &p(), "d1", &t).is_err(), "flip at {i} accepted");
+    }
+    assert!(unwrap(&Key32::random(), &p(), "d1", &w).is_err());
+}
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let nk = generate();
+    let s = format!("{nk:?} {:?}", new_passphrase());
+    assert!(!s.contains("vmw-"), "{s}");
+    assert_eq!(s.matches("[REDACTED]").count(), 4, "{s}");
+}
