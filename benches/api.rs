@@ -75,7 +75,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let d = Daemon::start("[libvirt]\nuri = \"test:///default\"\n");
+        let d = Daemon::start(daemon("test:///default", ""));
         let mut c = Conn::open(&d.socket).await;
         assert_eq!(c.call("PUT", "/v1/users/root", Some("root"), Some(json!({"team": "ops"}))).await.0, 200);
         assert_eq!(c.call("PUT", "/v1/users/alice", Some("root"), Some(json!({"team": "lab"}))).await.0, 200);

@@ -1,110 +1,36 @@
-//! Shared bench helpers: a vmwardend process with a temporary state directory, an HTTP client
-//! over a Unix socket, and latency statistics.
+//! Shared bench helpers: the tests' daemon launcher, the crate's client on one kept-alive
+//! connection, and latency statistics.
 #![allow(dead_code)]
 
+#[path = "../tests/common/mod.rs"]
+mod harness;
+pub use harness::{Daemon, Opts};
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use hyper::Method;
+use std::time::Duration;
 
-pub struct Daemon {
-    pub dir: PathBuf,
-    pub socket: PathBuf,
-    child: Child,
-}
-
-impl Daemon {
-    pub fn start(extra: &str) -> Daemon {
-        let dir = PathBuf::from(format!("/tmp/vmwb-{}", uuid::Uuid::new_v4().simple()));
-        Self::start_in(dir, extra)
-    }
-
-    /// Starts (or restarts) a daemon whose state lives in `dir`.
-    pub fn start_in(dir: PathBuf, extra: &str) -> Daemon {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let socket = dir.join("s.sock");
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nsocket = \"{}\"\nsocket_group = \"\"\nstate_dir = \"{}/state\"\n[access]\nadmins = [\"root\"]\norchestrators = [\"root\"]\n{extra}\n",
-                socket.display(),
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vmwardend"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { dir, socket, child }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn state(&self) -> PathBuf {
-        self.dir.join("state")
+/// A bench daemon: quiet logs, the given libvirt URI and extra `[idle]` lines.
+pub fn daemon(uri: &str, idle: &str) -> Opts {
+    Opts {
+        uri: (!uri.is_empty()).then(|| uri.to_owned()),
+        idle: idle.to_owned(),
+        quiet: true,
+        ..Opts::default()
     }
 }
 
-impl Daemon {
-    /// Stops the process and keeps the state directory.
-    pub fn stop_keep(mut self) -> PathBuf {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = self.dir.clone();
-        self.dir = PathBuf::new();
-        dir
-    }
-
-    /// Resident set size of the daemon, KiB.
-    pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !self.dir.as_os_str().is_empty() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-pub struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
+/// One kept-alive connection (the crate's client), answers as (status, body).
+pub struct Conn(vmwarden::client::Connection);
 
 impl Conn {
     pub async fn open(socket: &std::path::Path) -> Conn {
-        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Conn { sender }
+        Conn(
+            vmwarden::client::Client::new(socket)
+                .connect()
+                .await
+                .unwrap(),
+        )
     }
 
     pub async fn call(
@@ -114,24 +40,18 @@ impl Conn {
         user: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> (u16, Bytes) {
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "x");
-        if let Some(u) = user {
-            req = req.header("vmwarden-user", u);
-        }
-        let body = body
-            .map(|b| Bytes::from(serde_json::to_vec(&b).unwrap()))
-            .unwrap_or_default();
-        self.sender.ready().await.unwrap();
+        let body = body.map(|b| Bytes::from(serde_json::to_vec(&b).unwrap()));
         let r = self
-            .sender
-            .send_request(req.body(Full::new(body)).unwrap())
+            .0
+            .call_as(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                path,
+                user,
+                body,
+            )
             .await
             .unwrap();
-        let status = r.status().as_u16();
-        (status, r.into_body().collect().await.unwrap().to_bytes())
+        (r.status, r.body)
     }
 }
 

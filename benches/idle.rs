@@ -116,7 +116,7 @@ fn part_a_rss() {
     rt.block_on(async {
         // Create 1,000 VMs through the API, then restart the daemon on a test-driver node whose
         // domains carry those ids, so all 1,000 are running and sampled every second.
-        let d = Daemon::start("[libvirt]\nuri = \"test:///default\"\n");
+        let d = Daemon::start(daemon("test:///default", ""));
         let mut c = Conn::open(&d.socket).await;
         c.call("PUT", "/v1/users/alice", Some("root"), Some(json!({"team": "lab"}))).await;
         c.call("POST", "/v1/projects", Some("root"), Some(json!({"name": "p", "members": ["alice"]}))).await;
@@ -131,7 +131,7 @@ fn part_a_rss() {
         let dir = d.stop_keep();
         let node = dir.join("node.xml");
         node_xml(&node, &ids);
-        let d = Daemon::start_in(dir, &format!("[libvirt]\nuri = \"test://{}\"\n[idle]\nsample_interval = \"1s\"\n", node.display()));
+        let d = Daemon::start_in(dir, daemon(&format!("test://{}", node.display()), "sample_interval = \"1s\""));
         let mut c = Conn::open(&d.socket).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -104,7 +104,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let d = Daemon::start("");
+        let d = Daemon::start(daemon("", ""));
         let mut c = Conn::open(&d.socket).await;
         c.call("PUT", "/v1/users/root", Some("root"), Some(json!({"team": "ops"}))).await;
         c.call("PUT", "/v1/users/alice", Some("root"), Some(json!({"team": "lab"}))).await;

@@ -17,6 +17,7 @@
 //! - `daemon`: process set-up shared by `vmwardend` (hardening, notify, logging).
 //! - `cli`: the clap definitions of `vmwarden` and `vmwardend`, shared with the man page and
 //!   completion generator (`examples/gen_assets.rs`).
+//! - `client`: the one HTTP client of the control socket (CLI, tests, benchmarks).
 
 #![deny(missing_debug_implementations)]
 #![warn(missing_docs)]
@@ -24,6 +25,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod hypervisor;

@@ -10,49 +10,26 @@ use std::time::Duration;
 
 const DELAYS_US: [u64; 6] = [0, 300, 1_000, 3_000, 10_000, 50_000];
 
-fn mt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// alice (owner) and bob (user) of VM "web" in project "genomics", whose boot drive prints
-/// `marker`; carol is a member with no role; dave is in another team.
-async fn world(d: &Daemon, marker: &str) -> (Client, Shares, String, String) {
-    let c = d.client();
-    users(
-        &c,
-        &[
+/// alice (owner) and bob (user) of VM "web" in project "genomics", whose boot drive "boot"
+/// prints `marker`; carol is a member with no role; dave is in another team.
+async fn world(opts: Opts, marker: &str) -> World {
+    Fixture::new(opts)
+        .users(&[
             ("alice", "lab"),
             ("bob", "lab"),
             ("carol", "lab"),
             ("dave", "far"),
-        ],
-    )
-    .await;
-    let s = project(&c, "genomics", &["alice", "bob", "carol", "dave"]).await;
-    unlock(&c, "genomics", &s, "alice").await;
-    let drv = drive(&c, "alice", "genomics", "boot").await;
-    write_boot_sector(d, &s, "genomics", &drv, &boot_sector(marker, false));
-    let vm = vm(&c, "alice", "genomics", "web", &[&drv]).await;
-    let r = c
-        .req(
-            "PUT",
-            &format!("/v1/vms/{vm}/members/bob"),
-            Some("alice"),
-            Some(json!({"role": "user"})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
-    (c, s, drv, vm)
+        ])
+        .project("genomics", &["alice", "bob", "carol", "dave"])
+        .boot_drive("alice", "genomics", "boot", marker)
+        .vm("alice", "genomics", "web", &["boot"])
+        .share("web", "alice", "bob", "user")
+        .build()
+        .await
 }
 
 async fn lock(c: &Client) {
-    let r = c
-        .req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
-        .await;
+    let r = c.lock("genomics", "alice").await;
     assert_eq!(r.status, 200, "{r:?}");
 }
 
@@ -62,15 +39,15 @@ async fn lock(c: &Client) {
 #[test]
 fn resplit_hang_ups_never_lose_the_project() {
     mt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, s0, _drv, vm) = world(&d, "REKEY-SURVIVES").await;
+        let w = world(Opts::default(), "REKEY-SURVIVES").await;
+        let (d, c, s0, vm) = (&w.d, &w.c, w.shares("genomics").clone(), w.vm("web"));
         let resplit = raw_request("POST", "/v1/projects/genomics/resplit", Some("root"), None);
         for us in DELAYS_US {
             hang_up(&d.socket, &resplit, Duration::from_micros(us));
             // Lock waits for the key lock, which the re-key holds until its delivery is
             // decided: after it, the outcome is settled.
-            lock(&c).await;
-            unlock(&c, "genomics", &s0, "alice").await;
+            lock(c).await;
+            unlock(c, "genomics", &s0, "alice").await;
         }
         // Half an answer is not an answer.
         {
@@ -80,9 +57,9 @@ fn resplit_hang_ups_never_lose_the_project() {
             let mut head = [0u8; 64];
             s.read_exact(&mut head).unwrap();
         }
-        lock(&c).await;
-        unlock(&c, "genomics", &s0, "alice").await;
-        let staged = audit_rows(&c, "").await;
+        lock(c).await;
+        unlock(c, "genomics", &s0, "alice").await;
+        let staged = audit_rows(c, "").await;
         let count = |a: &str| staged.iter().filter(|e| e["action"] == a).count();
         assert!(count("project.resplit") >= 1, "no re-key ran at all");
         assert_eq!(
@@ -98,32 +75,16 @@ fn resplit_hang_ups_never_lose_the_project() {
             admin: body["admin_share"].as_str().unwrap().to_owned(),
             member: body["member_share"].as_str().unwrap().to_owned(),
         };
-        lock(&c).await;
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("root"),
-                Some(json!({"share": s0.admin})),
-            )
-            .await;
+        lock(c).await;
+        let r = c.unlock_half("genomics", "root", &s0.admin).await;
         assert_eq!(r.status, 200);
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("alice"),
-                Some(json!({"share": s0.member})),
-            )
-            .await;
+        let r = c.unlock_half("genomics", "alice", &s0.member).await;
         assert_eq!((r.status, r.code()), (409, "invalid_share"), "{r:?}");
-        unlock(&c, "genomics", &s1, "alice").await;
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        unlock(c, "genomics", &s1, "alice").await;
+        let r = c.start(&vm, "alice").await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(wait_for_file_containing(
-            &serial_log(&d, &vm),
+            &serial_log(d, &vm),
             "REKEY-SURVIVES",
             Duration::from_secs(20)
         ));
@@ -135,20 +96,20 @@ fn resplit_hang_ups_never_lose_the_project() {
 #[test]
 fn hung_up_operations_run_to_their_end() {
     mt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _s, _drv, vm) = world(&d, "HUNG").await;
+        let w = world(Opts::default(), "HUNG").await;
+        let (d, c, vm) = (&w.d, &w.c, w.vm("web"));
         let start = raw_request("POST", &format!("/v1/vms/{vm}/start"), Some("bob"), None);
         let stop = raw_request("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), None);
         for us in [0, 1_000, 20_000] {
-            let before = audit_rows(&c, &format!("&vm={vm}")).await.len();
+            let before = audit_rows(c, &format!("&vm={vm}")).await.len();
             hang_up(&d.socket, &start, Duration::from_micros(us));
             eventually(
                 Duration::from_secs(30),
                 "the hung-up start is recorded",
-                || async { audit_rows(&c, &format!("&vm={vm}")).await.len() > before },
+                || async { audit_rows(c, &format!("&vm={vm}")).await.len() > before },
             )
             .await;
-            let rows = audit_rows(&c, &format!("&vm={vm}")).await;
+            let rows = audit_rows(c, &format!("&vm={vm}")).await;
             let row = rows.iter().find(|e| e["action"] == "vm.start").unwrap();
             assert_eq!(
                 (&row["actor"], &row["outcome"]),
@@ -166,7 +127,7 @@ fn hung_up_operations_run_to_their_end() {
                 c.get(&format!("/v1/vms/{vm}"), "alice").await.body["state"] == "stopped"
             })
             .await;
-            let rows = audit_rows(&c, &format!("&vm={vm}")).await;
+            let rows = audit_rows(c, &format!("&vm={vm}")).await;
             assert_eq!(rows[0]["action"], "vm.stop", "{rows:?}");
             assert_eq!(rows[0]["actor"], "alice");
             assert_eq!(rows[0]["detail"], "reason=stop via=destroy");
@@ -188,7 +149,7 @@ fn hung_up_operations_run_to_their_end() {
             Duration::from_secs(60),
             "four hung-up drives are created",
             || async {
-                audit_rows(&c, "")
+                audit_rows(c, "")
                     .await
                     .iter()
                     .filter(|e| e["action"] == "drive.create")
@@ -197,8 +158,8 @@ fn hung_up_operations_run_to_their_end() {
             },
         )
         .await;
-        let mut files = image_files(&d);
-        let mut rows = storage_rows(&d);
+        let mut files = image_files(d);
+        let mut rows = storage_rows(d);
         files.sort();
         rows.sort();
         assert_eq!(files, rows);
@@ -228,7 +189,7 @@ fn hung_up_operations_run_to_their_end() {
                 Duration::from_secs(20),
                 "the unread project is undone",
                 || async {
-                    audit_rows(&c, "").await.iter().any(|e| {
+                    audit_rows(c, "").await.iter().any(|e| {
                         e["action"] == "project.create_undone" && e["target"] == name.as_str()
                     })
                 },
@@ -240,7 +201,7 @@ fn hung_up_operations_run_to_their_end() {
                 "{listed:?}"
             );
             // The name is free again.
-            project(&c, &name, &["alice"]).await;
+            project(c, &name, &["alice"]).await;
         }
     });
 }
@@ -251,21 +212,22 @@ fn hung_up_operations_run_to_their_end() {
 #[test]
 fn start_up_removes_images_without_rows() {
     mt().block_on(async {
-        let mut d = Daemon::start(Opts::default());
-        let (c, _s, drv, _vm) = world(&d, "ORPHAN").await;
-        let dir = d.state().join("drives");
+        let mut w = world(Opts::default(), "ORPHAN").await;
+        let (c, drv) = (w.c.clone(), w.drive("boot"));
+        let dir = w.d.state().join("drives");
         let orphan = dir.join(format!("{}.qcow2", uuid::Uuid::new_v4()));
         std::fs::write(&orphan, b"not an image").unwrap();
         let other = dir.join("README");
         std::fs::write(&other, b"operator notes").unwrap();
-        d.kill9();
-        d.spawn();
+        w.d.kill9();
+        w.d.spawn();
         assert!(!orphan.exists(), "the orphan image survived a restart");
         assert!(other.exists(), "a file vmwarden did not make was removed");
-        assert!(d
+        assert!(w
+            .d
             .log_text()
             .contains("removing an image file that no drive names"));
-        let kept = dir.join(format!("{}.qcow2", storage_of(&d, &drv)));
+        let kept = dir.join(format!("{}.qcow2", storage_of(&w.d, &drv)));
         assert!(kept.exists());
         assert_eq!(
             c.get(&format!("/v1/drives/{drv}"), "alice").await.status,
@@ -280,8 +242,8 @@ fn start_up_removes_images_without_rows() {
 #[test]
 fn deleting_a_user_races_a_share() {
     mt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _s, _drv, vm) = world(&d, "RACE").await;
+        let w = world(Opts::default(), "RACE").await;
+        let (d, c, vm) = (&w.d, &w.c, w.vm("web"));
         for round in 0..15 {
             let name = format!("tz{round}");
             let put = |team: &'static str| {
@@ -331,9 +293,7 @@ fn deleting_a_user_races_a_share() {
             } else {
                 assert_eq!((delete.status, delete.code()), (409, "user_has_roles"), "{delete:?}");
                 assert_eq!(share.status, 200, "{share:?}");
-                let r = c
-                    .req("DELETE", &format!("/v1/vms/{vm}/members/{name}"), Some("alice"), None)
-                    .await;
+                let r = c.unshare(&vm, "alice", &name).await;
                 assert_eq!(r.status, 200, "{r:?}");
             }
             let m = c.get(&format!("/v1/vms/{vm}/members"), "alice").await;
@@ -347,8 +307,8 @@ fn deleting_a_user_races_a_share() {
 #[test]
 fn team_change_races_a_share() {
     mt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _s, _drv, vm) = world(&d, "TEAM").await;
+        let w = world(Opts::default(), "TEAM").await;
+        let (d, c, vm) = (&w.d, &w.c, w.vm("web"));
         for round in 0..15 {
             let name = format!("tx{round}");
             c.req(
@@ -416,13 +376,13 @@ fn team_change_races_a_share() {
 #[test]
 fn only_an_empty_project_is_deleted() {
     mt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _s, _drv, _vm) = world(&d, "DEL").await;
+        let w = world(Opts::default(), "DEL").await;
+        let c = &w.c;
         let r = c
             .req("DELETE", "/v1/projects/genomics", Some("root"), None)
             .await;
         assert_eq!((r.status, r.code()), (409, "project_not_empty"), "{r:?}");
-        project(&c, "empty", &["alice"]).await;
+        project(c, "empty", &["alice"]).await;
         let r = c
             .req("DELETE", "/v1/projects/empty", Some("alice"), None)
             .await;
@@ -439,7 +399,7 @@ fn only_an_empty_project_is_deleted() {
             .req("DELETE", "/v1/projects/empty", Some("root"), None)
             .await;
         assert_eq!(r.status, 404, "{r:?}");
-        assert!(audit_rows(&c, "")
+        assert!(audit_rows(c, "")
             .await
             .iter()
             .any(|e| e["action"] == "project.delete"));
@@ -563,14 +523,7 @@ fn full_disk_answers_507_and_changes_nothing() {
             async move { c.get("/v1/projects", "alice").await.body[0].clone() }
         };
         fill();
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("root"),
-                Some(json!({"share": s.admin})),
-            )
-            .await;
+        let r = c.unlock_half("genomics", "root", &s.admin).await;
         assert_eq!((r.status, r.code()), (507, "insufficient_storage"), "{r:?}");
         assert_eq!(
             status(&c).await["pending"],
@@ -580,9 +533,7 @@ fn full_disk_answers_507_and_changes_nothing() {
         std::fs::remove_file(&filler).unwrap();
         unlock(&c, "genomics", &s, "alice").await;
         fill();
-        let r = c
-            .req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
-            .await;
+        let r = c.lock("genomics", "alice").await;
         assert_eq!((r.status, r.code()), (507, "insufficient_storage"), "{r:?}");
         assert_eq!(
             status(&c).await["locked"],
@@ -618,18 +569,10 @@ fn full_disk_answers_507_and_changes_nothing() {
 #[test]
 fn stopping_is_a_state_of_its_own() {
     mt().block_on(async {
-        let d = Daemon::start(Opts {
-            libvirt: "".into(),
-            ..Default::default()
-        });
-        let (c, _s, _drv, vm) = world(&d, "STOPPING").await;
-        let mut ev = Events::open(&c, "bob").await;
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("bob"), None)
-                .await
-                .status,
-            200
-        );
+        let w = world(Opts::default(), "STOPPING").await;
+        let (c, vm) = (&w.c, w.vm("web"));
+        let mut ev = Events::open(c, "bob").await;
+        assert_eq!(c.start(&vm, "bob").await.status, 200);
         let r = c
             .req(
                 "POST",
@@ -643,9 +586,7 @@ fn stopping_is_a_state_of_its_own() {
             (202, &json!("stopping")),
             "{r:?}"
         );
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let r = c.start(&vm, "alice").await;
         assert_eq!((r.status, r.code()), (409, "vm_stopping"), "{r:?}");
         assert_eq!(
             c.get(&format!("/v1/vms/{vm}"), "alice").await.body["state"],
@@ -653,14 +594,7 @@ fn stopping_is_a_state_of_its_own() {
         );
         let host = c.get("/v1/host/vms", "root").await;
         assert_eq!(host.body[0]["state"], "stopping");
-        let r = c
-            .req(
-                "POST",
-                &format!("/v1/vms/{vm}/stop"),
-                Some("alice"),
-                Some(json!({"force": true})),
-            )
-            .await;
+        let r = c.stop(&vm, "alice", true).await;
         assert_eq!(
             (r.status, &r.body["state"]),
             (200, &json!("stopped")),
@@ -675,19 +609,12 @@ fn stopping_is_a_state_of_its_own() {
             .await
             .unwrap();
         assert_eq!(stopped["data"]["via"], "destroy");
-        let rows = audit_rows(&c, &format!("&vm={vm}")).await;
+        let rows = audit_rows(c, &format!("&vm={vm}")).await;
         let stops = rows.iter().filter(|e| e["action"] == "vm.stop").count();
         // A stop of a stopped VM: no event, no row.
-        let r = c
-            .req(
-                "POST",
-                &format!("/v1/vms/{vm}/stop"),
-                Some("alice"),
-                Some(json!({"force": true})),
-            )
-            .await;
+        let r = c.stop(&vm, "alice", true).await;
         assert_eq!((r.status, &r.body["state"]), (200, &json!("stopped")));
-        let again = audit_rows(&c, &format!("&vm={vm}")).await;
+        let again = audit_rows(c, &format!("&vm={vm}")).await;
         assert_eq!(
             again.iter().filter(|e| e["action"] == "vm.stop").count(),
             stops

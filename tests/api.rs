@@ -236,61 +236,20 @@ fn lifecycle_endpoints_allowed_denied_hidden() {
         let w = world().await;
         let (c, vm, drv) = (&w.c, w.vm.as_str(), w.drive.as_str());
         // Start: owner ok; admin member without role 403; non-member 404.
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("root"), None)
-                .await
-                .status,
-            403
-        );
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("carol"), None)
-                .await
-                .status,
-            404
-        );
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        assert_eq!(c.start(vm, "root").await.status, 403);
+        assert_eq!(c.start(vm, "carol").await.status, 404);
+        let r = c.start(vm, "alice").await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(domain_running(vm));
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let r = c.start(vm, "alice").await;
         assert_eq!((r.status, r.code()), (409, "vm_running"));
         let r = c
             .req("DELETE", &format!("/v1/vms/{vm}"), Some("alice"), None)
             .await;
         assert_eq!((r.status, r.code()), (409, "vm_running"));
-        assert_eq!(
-            c.req(
-                "POST",
-                &format!("/v1/vms/{vm}/stop"),
-                Some("carol"),
-                Some(json!({"force": true}))
-            )
-            .await
-            .status,
-            404
-        );
-        assert_eq!(
-            c.req(
-                "POST",
-                &format!("/v1/vms/{vm}/stop"),
-                Some("root"),
-                Some(json!({"force": true}))
-            )
-            .await
-            .status,
-            403
-        );
-        let r = c
-            .req(
-                "POST",
-                &format!("/v1/vms/{vm}/stop"),
-                Some("alice"),
-                Some(json!({"force": true})),
-            )
-            .await;
+        assert_eq!(c.stop(vm, "carol", true).await.status, 404);
+        assert_eq!(c.stop(vm, "root", true).await.status, 403);
+        let r = c.stop(vm, "alice", true).await;
         assert_eq!(
             (r.status, r.body["state"].as_str()),
             (200, Some("stopped")),
@@ -635,43 +594,17 @@ fn key_and_stream_endpoints_allowed_denied_hidden() {
             r.body["admin_share"].as_str().unwrap().to_owned(),
             r.body["member_share"].as_str().unwrap().to_owned(),
         );
-        assert_eq!(
-            c.req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
-                .await
-                .status,
-            200
-        );
+        assert_eq!(c.lock("genomics", "alice").await.status, 200);
         let r = c
             .req("POST", "/v1/projects/genomics/resplit", Some("root"), None)
             .await;
         assert_eq!((r.status, r.code()), (423, "project_locked"));
         // Unlock: the admin half from a member is denied; a non-member does not see the project.
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("bob"),
-                Some(json!({"share": admin_share})),
-            )
-            .await;
+        let r = c.unlock_half("genomics", "bob", &admin_share).await;
         assert_eq!(r.status, 403, "{r:?}");
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("carol"),
-                Some(json!({"share": member_share})),
-            )
-            .await;
+        let r = c.unlock_half("genomics", "carol", &member_share).await;
         assert_eq!(r.status, 404, "{r:?}");
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/nope/unlock",
-                Some("root"),
-                Some(json!({"share": admin_share})),
-            )
-            .await;
+        let r = c.unlock_half("nope", "root", &admin_share).await;
         assert_eq!(r.status, 404, "{r:?}");
         let r = c
             .req(
@@ -682,14 +615,7 @@ fn key_and_stream_endpoints_allowed_denied_hidden() {
             )
             .await;
         assert_eq!((r.status, r.code()), (400, "malformed_share"));
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("root"),
-                Some(json!({"share": admin_share})),
-            )
-            .await;
+        let r = c.unlock_half("genomics", "root", &admin_share).await;
         assert_eq!(
             (r.status, r.body["waiting_for"].clone()),
             (200, json!(["member"])),
@@ -697,14 +623,7 @@ fn key_and_stream_endpoints_allowed_denied_hidden() {
         );
         let r = c.get("/v1/projects", "bob").await;
         assert_eq!(r.body[0]["pending"], json!(["admin"]), "{r:?}");
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("bob"),
-                Some(json!({"share": member_share})),
-            )
-            .await;
+        let r = c.unlock_half("genomics", "bob", &member_share).await;
         assert_eq!(
             (r.status, r.body["locked"].as_bool()),
             (200, Some(false)),
@@ -800,13 +719,7 @@ fn slow_event_reader_is_dropped_without_slowing_others() {
                 Some(json!({"role": "user"})),
             )
             .await;
-            c.req(
-                "DELETE",
-                &format!("/v1/vms/{vm}/members/bob"),
-                Some("alice"),
-                None,
-            )
-            .await;
+            c.unshare(vm, "alice", "bob").await;
         }
         // The fast reader got every one of them.
         let mut got = 0;

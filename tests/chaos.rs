@@ -187,23 +187,9 @@ async fn step(c: &Client, m: &std::sync::Mutex<Model>, rng: &mut rand::rngs::Std
 }
 
 async fn unlock_with(c: &Client, s: &Shares) -> (u16, String) {
-    let r = c
-        .req(
-            "POST",
-            "/v1/projects/genomics/unlock",
-            Some("root"),
-            Some(json!({"share": s.admin})),
-        )
-        .await;
+    let r = c.unlock_half("genomics", "root", &s.admin).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = c
-        .req(
-            "POST",
-            "/v1/projects/genomics/unlock",
-            Some("alice"),
-            Some(json!({"share": s.member})),
-        )
-        .await;
+    let r = c.unlock_half("genomics", "alice", &s.member).await;
     (r.status, r.code().to_owned())
 }
 
@@ -222,9 +208,7 @@ async fn check(d: &Daemon, c: &Client, m: &std::sync::Mutex<Model>, round: usize
     };
     // The newest pair a client read opens the project; the one before it no longer does.
     let lock = || async {
-        let r = c
-            .req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
-            .await;
+        let r = c.lock("genomics", "alice").await;
         assert_eq!(r.status, 200, "round {round}: {r:?}");
     };
     lock().await;
@@ -247,22 +231,13 @@ async fn check(d: &Daemon, c: &Client, m: &std::sync::Mutex<Model>, round: usize
     }
     // Every VM with drives starts (or runs already).
     for vm in &vms {
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let r = c.start(vm, "alice").await;
         assert!(
             r.status == 200 || (r.status, r.code()) == (409, "vm_running"),
             "round {round}: {vm} does not start: {r:?}"
         );
         assert!(domain_running(vm), "round {round}: {vm}");
-        let r = c
-            .req(
-                "POST",
-                &format!("/v1/vms/{vm}/stop"),
-                Some("alice"),
-                Some(json!({"force": true})),
-            )
-            .await;
+        let r = c.stop(vm, "alice", true).await;
         assert_eq!(r.status, 200, "round {round}: {r:?}");
     }
     // No image without a row, no row without an image.

@@ -12,37 +12,44 @@ shutdown_timeout = "1s"
 cpu_percent = 20.0
 "#;
 
-async fn setup(d: &Daemon, sectors: &[(&str, bool)]) -> (Client, Vec<String>) {
-    let c = d.client();
-    users(&c, &[("alice", "lab"), ("bob", "lab"), ("carol", "lab")]).await;
-    let s = project(&c, "genomics", &["alice", "bob", "carol"]).await;
-    unlock(&c, "genomics", &s, "alice").await;
-    let mut vms = vec![];
+/// alice owns one VM per (marker, spin) in project "genomics" (bob and carol are members);
+/// each boots a sector that prints its marker, then halts or spins.
+async fn setup(opts: Opts, sectors: &[(&str, bool)]) -> (World, Vec<String>) {
+    let mut f = Fixture::new(opts)
+        .users(&[("alice", "lab"), ("bob", "lab"), ("carol", "lab")])
+        .project("genomics", &["alice", "bob", "carol"]);
     for (i, (marker, spin)) in sectors.iter().enumerate() {
-        let drv = drive(&c, "alice", "genomics", &format!("boot{i}")).await;
-        write_boot_sector(d, &s, "genomics", &drv, &boot_sector(marker, *spin));
-        vms.push(vm(&c, "alice", "genomics", &format!("vm{i}"), &[&drv]).await);
+        let (drv, vm) = (format!("boot{i}"), format!("vm{i}"));
+        f = if *spin {
+            f.spinning_drive("alice", "genomics", &drv, marker)
+        } else {
+            f.boot_drive("alice", "genomics", &drv, marker)
+        };
+        f = f.vm("alice", "genomics", &vm, &[&drv]);
     }
-    (c, vms)
+    let w = f.build().await;
+    let vms = (0..sectors.len())
+        .map(|i| w.vm(&format!("vm{i}")))
+        .collect();
+    (w, vms)
 }
 
 #[test]
 fn halting_vm_is_warned_kept_alive_then_shut_down_while_spinning_vm_runs() {
     rt().block_on(async {
-        let d = Daemon::start(Opts {
-            idle: IDLE.into(),
-            ..Default::default()
-        });
-        let (c, vms) = setup(&d, &[("HALT", false), ("SPIN", true)]).await;
+        let (w, vms) = setup(
+            Opts {
+                idle: IDLE.into(),
+                ..Default::default()
+            },
+            &[("HALT", false), ("SPIN", true)],
+        )
+        .await;
+        let c = w.c.clone();
         let (halt, spin) = (&vms[0], &vms[1]);
         let mut ev = Events::open(&c, "alice").await;
         for vm in &vms {
-            assert_eq!(
-                c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-                    .await
-                    .status,
-                200
-            );
+            assert_eq!(c.start(vm, "alice").await.status, 200);
         }
         // The halting VM is warned with a deadline.
         let w = ev
@@ -122,16 +129,11 @@ fn halting_vm_is_warned_kept_alive_then_shut_down_while_spinning_vm_runs() {
 #[test]
 fn killed_qemu_shows_stopped_within_two_seconds() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, vms) = setup(&d, &[("KILL", false)]).await;
+        let (w, vms) = setup(Opts::default(), &[("KILL", false)]).await;
+        let c = w.c.clone();
         let vm = &vms[0];
         let mut ev = Events::open(&c, "alice").await;
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-                .await
-                .status,
-            200
-        );
+        assert_eq!(c.start(vm, "alice").await.status, 200);
         let pid = qemu_pid(vm);
         let killed = Instant::now();
         nix::sys::signal::kill(
@@ -164,8 +166,8 @@ fn killed_qemu_shows_stopped_within_two_seconds() {
 #[test]
 fn event_stream_is_filtered_per_caller() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, vms) = setup(&d, &[("SSE", false)]).await;
+        let (w, vms) = setup(Opts::default(), &[("SSE", false)]).await;
+        let c = w.c.clone();
         let vm = &vms[0];
         // bob becomes a user, carol stays an outsider (member of the project, no role).
         let mut owner = Events::open(&c, "alice").await;
@@ -192,23 +194,8 @@ fn event_stream_is_filtered_per_caller() {
             .status,
             200
         );
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("bob"), None)
-                .await
-                .status,
-            200
-        );
-        assert_eq!(
-            c.req(
-                "POST",
-                &format!("/v1/vms/{vm}/stop"),
-                Some("bob"),
-                Some(json!({"force": true}))
-            )
-            .await
-            .status,
-            200
-        );
+        assert_eq!(c.start(vm, "bob").await.status, 200);
+        assert_eq!(c.stop(vm, "bob", true).await.status, 200);
         assert_eq!(
             c.req(
                 "DELETE",
@@ -231,7 +218,7 @@ fn event_stream_is_filtered_per_caller() {
         assert!(u.contains("vm.shared") && u.contains("vm.state"), "{u}");
         assert!(!u.contains("drive."), "drive events reached a user: {u}");
         assert!(!u.contains(&extra), "user stream leaks a drive id: {u}");
-        for id in d.state().join("drives").read_dir().unwrap() {
+        for id in w.d.state().join("drives").read_dir().unwrap() {
             let name = id
                 .unwrap()
                 .file_name()
@@ -260,8 +247,8 @@ fn event_stream_is_filtered_per_caller() {
 #[test]
 fn metrics_expose_states_launches_requests_latency_and_libvirt() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, vms) = setup(&d, &[("MET", false)]).await;
+        let (w, vms) = setup(Opts::default(), &[("MET", false)]).await;
+        let c = w.c.clone();
         assert_eq!(c.req("POST", &format!("/v1/vms/{}/start", vms[0]), Some("alice"), None).await.status, 200);
         c.req("POST", &format!("/v1/vms/{}/start", vms[0]), Some("alice"), None).await;
         let m = c.get("/metrics", "root").await;
@@ -287,11 +274,11 @@ fn metrics_expose_states_launches_requests_latency_and_libvirt() {
 #[test]
 fn short_idle_period_warns_first_and_shuts_down_once() {
     rt().block_on(async {
-        let d = Daemon::start(Opts {
+        let (w, vms) = setup(Opts {
             idle: "after = \"20s\"\nwarn_before = \"10s\"\nsample_interval = \"1s\"\nshutdown_timeout = \"3s\"\ncpu_percent = 20.0\n".into(),
             ..Default::default()
-        });
-        let (c, vms) = setup(&d, &[("SHORT", false)]).await;
+        }, &[("SHORT", false)]).await;
+        let c = w.c.clone();
         let vm = &vms[0];
         let path = format!("/v1/vms/{vm}");
         let patch = |after: &str| {
@@ -307,8 +294,7 @@ fn short_idle_period_warns_first_and_shuts_down_once() {
         assert_eq!(patch("3s").await.status, 200);
         let mut ev = Events::open(&c, "alice").await;
         assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-                .await
+            c.start(vm, "alice").await
                 .status,
             200
         );

@@ -6,25 +6,24 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 
-async fn setup(d: &Daemon, marker: &str) -> (Client, Shares, String, String) {
-    let c = d.client();
-    users(&c, &[("alice", "lab")]).await;
-    let s = project(&c, "genomics", &["alice"]).await;
-    unlock(&c, "genomics", &s, "alice").await;
-    let drv = drive(&c, "alice", "genomics", "boot").await;
-    write_boot_sector(d, &s, "genomics", &drv, &boot_sector(marker, false));
-    let vm = vm(&c, "alice", "genomics", "web", &[&drv]).await;
-    (c, s, drv, vm)
+/// alice owns VM "web" in project "genomics", booting from drive "boot" that prints
+/// `marker`.
+async fn setup(opts: Opts, marker: &str) -> World {
+    Fixture::new(opts)
+        .users(&[("alice", "lab")])
+        .project("genomics", &["alice"])
+        .boot_drive("alice", "genomics", "boot", marker)
+        .vm("alice", "genomics", "web", &["boot"])
+        .build()
+        .await
 }
 
 #[test]
 fn encrypted_drive_boots_and_prints_marker_with_no_secret_left() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _s, drv, vm) = setup(&d, "VMWARDEN-MARKER-7f3a").await;
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let w = setup(Opts::default(), "VMWARDEN-MARKER-7f3a").await;
+        let (d, c, drv, vm) = (&w.d, w.c.clone(), w.drive("boot"), w.vm("web"));
+        let r = c.start(&vm, "alice").await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(
             our_secrets(&[&drv]).is_empty(),
@@ -33,20 +32,13 @@ fn encrypted_drive_boots_and_prints_marker_with_no_secret_left() {
         assert!(domain_running(&vm));
         assert!(
             wait_for_file_containing(
-                &serial_log(&d, &vm),
+                &serial_log(d, &vm),
                 "VMWARDEN-MARKER-7f3a",
                 Duration::from_secs(20)
             ),
             "marker not on the serial port"
         );
-        let r = c
-            .req(
-                "POST",
-                &format!("/v1/vms/{vm}/stop"),
-                Some("alice"),
-                Some(json!({"force": true})),
-            )
-            .await;
+        let r = c.stop(&vm, "alice", true).await;
         assert_eq!(r.status, 200);
         assert!(!domain_running(&vm));
     });
@@ -55,15 +47,16 @@ fn encrypted_drive_boots_and_prints_marker_with_no_secret_left() {
 #[test]
 fn locked_project_refuses_launch_with_423_and_no_domain() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, s, drv, vm) = setup(&d, "LOCKED").await;
-        let r = c
-            .req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
-            .await;
+        let w = setup(Opts::default(), "LOCKED").await;
+        let (c, s, drv, vm) = (
+            w.c.clone(),
+            w.shares("genomics").clone(),
+            w.drive("boot"),
+            w.vm("web"),
+        );
+        let r = c.lock("genomics", "alice").await;
         assert_eq!((r.status, r.body["locked"].as_bool()), (200, Some(true)));
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let r = c.start(&vm, "alice").await;
         assert_eq!((r.status, r.code()), (423, "project_locked"), "{r:?}");
         let detail = r.body["detail"].as_str().unwrap();
         assert!(
@@ -72,18 +65,9 @@ fn locked_project_refuses_launch_with_423_and_no_domain() {
         );
         assert!(!domain_running(&vm));
         // Half unlocked: the detail names the missing half.
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("root"),
-                Some(json!({"share": s.admin})),
-            )
-            .await;
+        let r = c.unlock_half("genomics", "root", &s.admin).await;
         assert_eq!(r.status, 200);
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let r = c.start(&vm, "alice").await;
         assert_eq!(r.status, 423);
         assert!(
             r.body["detail"]
@@ -109,16 +93,11 @@ fn locked_project_refuses_launch_with_423_and_no_domain() {
 #[test]
 fn restart_leaves_project_locked_and_vm_running() {
     rt().block_on(async {
-        let mut d = Daemon::start(Opts::default());
-        let (c, _s, _drv, vm) = setup(&d, "RESTART").await;
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-                .await
-                .status,
-            200
-        );
-        let _ = d.terminate();
-        d.spawn();
+        let mut w = setup(Opts::default(), "RESTART").await;
+        let (c, vm) = (w.c.clone(), w.vm("web"));
+        assert_eq!(c.start(&vm, "alice").await.status, 200);
+        let _ = w.d.terminate();
+        w.d.spawn();
         let r = c.get("/v1/projects", "alice").await;
         assert_eq!(r.body[0]["locked"], true, "{r:?}");
         assert!(domain_running(&vm), "restart must not touch running VMs");
@@ -130,8 +109,8 @@ fn restart_leaves_project_locked_and_vm_running() {
 #[test]
 fn tampered_wrapped_passphrase_fails_cleanly_without_qemu() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _s, drv, vm) = setup(&d, "TAMPER").await;
+        let w = setup(Opts::default(), "TAMPER").await;
+        let (d, c, drv, vm) = (&w.d, w.c.clone(), w.drive("boot"), w.vm("web"));
         {
             let conn = rusqlite::Connection::open(d.db()).unwrap();
             let mut w: Vec<u8> = conn
@@ -147,9 +126,7 @@ fn tampered_wrapped_passphrase_fails_cleanly_without_qemu() {
             )
             .unwrap();
         }
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let r = c.start(&vm, "alice").await;
         assert_eq!((r.status, r.code()), (500, "drive_secret_invalid"), "{r:?}");
         assert!(
             r.body["detail"]
@@ -182,21 +159,23 @@ fn tampered_wrapped_passphrase_fails_cleanly_without_qemu() {
 #[test]
 fn tcg_domain_type_boots_without_kvm() {
     rt().block_on(async {
-        let d = Daemon::start(Opts {
-            libvirt: "domain_type = \"qemu\"".into(),
-            ..Default::default()
-        });
-        let (c, _s, _drv, vm) = setup(&d, "TCG-BOOT").await;
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let w = setup(
+            Opts {
+                libvirt: "domain_type = \"qemu\"".into(),
+                ..Default::default()
+            },
+            "TCG-BOOT",
+        )
+        .await;
+        let (d, c, vm) = (&w.d, w.c.clone(), w.vm("web"));
+        let r = c.start(&vm, "alice").await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(
             virsh(&["dumpxml", &vm]).contains("type='qemu'"),
             "not a TCG domain"
         );
         assert!(wait_for_file_containing(
-            &serial_log(&d, &vm),
+            &serial_log(d, &vm),
             "TCG-BOOT",
             Duration::from_secs(30)
         ));
@@ -206,14 +185,9 @@ fn tcg_domain_type_boots_without_kvm() {
 #[test]
 fn hot_attach_of_an_encrypted_drive_leaves_no_secret() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _s, drv, vm) = setup(&d, "HOT").await;
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-                .await
-                .status,
-            200
-        );
+        let w = setup(Opts::default(), "HOT").await;
+        let (d, c, drv, vm) = (&w.d, w.c.clone(), w.drive("boot"), w.vm("web"));
+        assert_eq!(c.start(&vm, "alice").await.status, 200);
         let extra = drive(&c, "alice", "genomics", "extra").await;
         let r = c
             .req(
@@ -227,7 +201,7 @@ fn hot_attach_of_an_encrypted_drive_leaves_no_secret() {
         assert!(our_secrets(&[&drv, &extra]).is_empty());
         let xml = virsh(&["dumpxml", &vm]);
         assert!(
-            xml.contains(&format!("{}.qcow2", storage_of(&d, &extra))),
+            xml.contains(&format!("{}.qcow2", storage_of(d, &extra))),
             "disk not attached live"
         );
         // The boot-sector guest never releases a hot-detached disk: a precise 409.
@@ -245,13 +219,7 @@ fn hot_attach_of_an_encrypted_drive_leaves_no_secret() {
             .unwrap()
             .contains("stop the VM first"));
         // Stopped: a cold detach works.
-        c.req(
-            "POST",
-            &format!("/v1/vms/{vm}/stop"),
-            Some("alice"),
-            Some(json!({"force": true})),
-        )
-        .await;
+        c.stop(&vm, "alice", true).await;
         let r = c
             .req(
                 "DELETE",
@@ -386,8 +354,8 @@ fn cli_walkthrough_starts_and_stops_a_domain() {
 #[test]
 fn resplit_rekeys_so_the_old_pair_stops_working_and_drives_still_boot() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, old, _drv, vm) = setup(&d, "REKEYED").await;
+        let w = setup(Opts::default(), "REKEYED").await;
+        let (d, c, old, vm) = (&w.d, w.c.clone(), w.shares("genomics").clone(), w.vm("web"));
         let r = c
             .req("POST", "/v1/projects/genomics/resplit", Some("root"), None)
             .await;
@@ -397,60 +365,26 @@ fn resplit_rekeys_so_the_old_pair_stops_working_and_drives_still_boot() {
             member: r.body["member_share"].as_str().unwrap().to_owned(),
         };
         assert_ne!(new.admin, old.admin);
-        assert_eq!(
-            c.req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
-                .await
-                .status,
-            200
-        );
+        assert_eq!(c.lock("genomics", "alice").await.status, 200);
         // The old pair no longer rebuilds the key: both halves are discarded.
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("root"),
-                Some(json!({"share": old.admin})),
-            )
-            .await;
+        let r = c.unlock_half("genomics", "root", &old.admin).await;
         assert_eq!(r.status, 200);
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("alice"),
-                Some(json!({"share": old.member})),
-            )
-            .await;
+        let r = c.unlock_half("genomics", "alice", &old.member).await;
         assert_eq!((r.status, r.code()), (409, "invalid_share"), "{r:?}");
         assert_eq!(
             c.get("/v1/projects", "alice").await.body[0]["pending"],
             json!([])
         );
         // A mixed pair fails the same way.
-        c.req(
-            "POST",
-            "/v1/projects/genomics/unlock",
-            Some("root"),
-            Some(json!({"share": new.admin})),
-        )
-        .await;
-        let r = c
-            .req(
-                "POST",
-                "/v1/projects/genomics/unlock",
-                Some("alice"),
-                Some(json!({"share": old.member})),
-            )
-            .await;
+        c.unlock_half("genomics", "root", &new.admin).await;
+        let r = c.unlock_half("genomics", "alice", &old.member).await;
         assert_eq!(r.code(), "invalid_share");
         // The new pair works, and the re-wrapped passphrase still opens the drive.
         unlock(&c, "genomics", &new, "alice").await;
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let r = c.start(&vm, "alice").await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(wait_for_file_containing(
-            &serial_log(&d, &vm),
+            &serial_log(d, &vm),
             "REKEYED",
             Duration::from_secs(20)
         ));
@@ -460,14 +394,9 @@ fn resplit_rekeys_so_the_old_pair_stops_working_and_drives_still_boot() {
 #[test]
 fn failed_hot_attach_gives_the_drive_back() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _s, _drv, vm) = setup(&d, "HOTFAIL").await;
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-                .await
-                .status,
-            200
-        );
+        let w = setup(Opts::default(), "HOTFAIL").await;
+        let (d, c, vm) = (&w.d, w.c.clone(), w.vm("web"));
+        assert_eq!(c.start(&vm, "alice").await.status, 200);
         let extra = drive(&c, "alice", "genomics", "extra").await;
         {
             let conn = rusqlite::Connection::open(d.db()).unwrap();

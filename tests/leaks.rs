@@ -8,42 +8,29 @@ use serde_json::json;
 
 /// alice owns VM "web" (drive "data"); bob is its user; carol is a member without a role;
 /// dave is a member in another team; erin is in alice's team but not in the project.
-async fn world(d: &Daemon) -> (Client, String, String) {
-    let c = d.client();
-    users(
-        &c,
-        &[
+async fn world() -> World {
+    Fixture::new(Opts::default())
+        .users(&[
             ("alice", "lab"),
             ("bob", "lab"),
             ("carol", "lab"),
             ("dave", "far"),
             ("erin", "lab"),
-        ],
-    )
-    .await;
-    let s = project(&c, "gen", &["alice", "bob", "carol", "dave"]).await;
-    unlock(&c, "gen", &s, "alice").await;
-    let drv = drive(&c, "alice", "gen", "data").await;
-    write_boot_sector(d, &s, "gen", &drv, &boot_sector("LEAK", false));
-    let vm = vm(&c, "alice", "gen", "web", &[&drv]).await;
-    let r = c
-        .req(
-            "PUT",
-            &format!("/v1/vms/{vm}/members/bob"),
-            Some("alice"),
-            Some(json!({"role": "user"})),
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    (c, drv, vm)
+        ])
+        .project("gen", &["alice", "bob", "carol", "dave"])
+        .boot_drive("alice", "gen", "data", "LEAK")
+        .vm("alice", "gen", "web", &["data"])
+        .share("web", "alice", "bob", "user")
+        .build()
+        .await
 }
 
 /// Item 1: a name its creator cannot see never conflicts; one it can see does.
 #[test]
 fn hidden_names_never_conflict() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _drv, _vm) = world(&d).await;
+        let w = world().await;
+        let c = w.c.clone();
         // bob uses alice's VM but does not see its drive "data".
         let r = c
             .req(
@@ -91,8 +78,8 @@ fn hidden_names_never_conflict() {
 #[test]
 fn share_errors_do_not_map_the_registry() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _drv, vm) = world(&d).await;
+        let w = world().await;
+        let (c, vm) = (w.c.clone(), w.vm("web"));
         let share = |to: &'static str| {
             let (c, vm) = (c.clone(), vm.clone());
             async move {
@@ -174,11 +161,9 @@ fn unregistered_peer_gets_403_before_its_input_is_read() {
 #[test]
 fn process_table_and_drives_folder_reveal_no_drive() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, drv, vm) = world(&d).await;
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let w = world().await;
+        let (d, c, drv, vm) = (&w.d, w.c.clone(), w.drive("data"), w.vm("web"));
+        let r = c.start(&vm, "alice").await;
         assert_eq!(r.status, 200, "{r:?}");
         let ps = std::process::Command::new("ps")
             .args(["-eo", "args"])
@@ -187,7 +172,7 @@ fn process_table_and_drives_folder_reveal_no_drive() {
         let ps = String::from_utf8_lossy(&ps.stdout);
         let qemu: Vec<&str> = ps.lines().filter(|l| l.contains(&vm)).collect();
         assert!(!qemu.is_empty(), "no QEMU for {vm}");
-        let storage = storage_of(&d, &drv);
+        let storage = storage_of(d, &drv);
         assert_ne!(storage, drv);
         for l in &qemu {
             assert!(!l.contains(&drv), "the drive id is in QEMU's argv: {l}");
@@ -249,8 +234,8 @@ fn the_daemons_name_is_reserved() {
 #[test]
 fn audit_outcomes_and_metric_labels_use_api_names() {
     rt().block_on(async {
-        let d = Daemon::start(Opts::default());
-        let (c, _drv, vm) = world(&d).await;
+        let w = world().await;
+        let (c, vm) = (w.c.clone(), w.vm("web"));
         for to in ["bob", "carol"] {
             c.req(
                 "PUT",

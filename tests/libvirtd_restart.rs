@@ -114,9 +114,7 @@ fn dead_libvirtd_gives_503_then_recovers_without_restart() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut started = None;
         while Instant::now() < deadline {
-            let r = c
-                .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-                .await;
+            let r = c.start(&vm, "alice").await;
             if r.status == 200 {
                 started = Some(r);
                 break;
@@ -171,7 +169,7 @@ fn libvirtd_killed_during_a_start_leaves_answer_state_and_audit_agreeing() {
         for delay_ms in [0u64, 40, 120, 300] {
             let (c2, v2) = (c.clone(), vm.clone());
             let start = tokio::spawn(async move {
-                c2.req("POST", &format!("/v1/vms/{v2}/start"), Some("alice"), None).await
+                c2.start(&v2, "alice").await
             });
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             let _ = Command::new("pkill").args(["-9", "-x", "libvirtd"]).status();

@@ -54,29 +54,29 @@ fn canary_key_shares_and_passphrases_never_leak() {
             responses.push(r.raw.clone());
             r
         };
-        keep(c.req("POST", "/v1/projects/genomics/unlock", Some("root"), Some(json!({"share": s.admin}))).await);
+        keep(c.unlock_half("genomics", "root", &s.admin).await);
         // A wrong half and a malformed half are refused without echoing anything back.
-        keep(c.req("POST", "/v1/projects/genomics/unlock", Some("alice"), Some(json!({"share": s.admin}))).await);
+        keep(c.unlock_half("genomics", "alice", &s.admin).await);
         keep(c.raw("POST", "/v1/projects/genomics/unlock", Some("alice"), Some(format!("{{\"share\": \"{}\", \"x\": 1}}", s.member).into_bytes())).await);
-        let r = keep(c.req("POST", "/v1/projects/genomics/unlock", Some("alice"), Some(json!({"share": s.member}))).await);
+        let r = keep(c.unlock_half("genomics", "alice", &s.member).await);
         assert_eq!(r.body["locked"], false, "{r:?}");
         let r = keep(c.req("POST", "/v1/drives", Some("alice"), Some(json!({"project": "genomics", "name": "boot", "size_mib": 16}))).await);
         let drv = r.body["id"].as_str().unwrap().to_owned();
         write_boot_sector(&d, &s, "genomics", &drv, &boot_sector("CANARY", false));
         let r = keep(c.req("POST", "/v1/vms", Some("alice"), Some(json!({"project": "genomics", "name": "web", "vcpus": 1, "memory_mib": 32, "drives": [drv]}))).await);
         let vm = r.body["id"].as_str().unwrap().to_owned();
-        let r = keep(c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None).await);
+        let r = keep(c.start(&vm, "alice").await);
         assert_eq!(r.status, 200, "{r:?}");
         keep(c.req("PUT", &format!("/v1/vms/{vm}/members/bob"), Some("alice"), Some(json!({"role": "owner", "confirm_drive_access": true}))).await);
         for (u, p) in [("alice", "/v1/vms".to_string()), ("alice", format!("/v1/vms/{vm}")), ("alice", "/v1/drives".into()), ("alice", "/v1/projects".into()), ("root", "/v1/audit".into()), ("root", "/v1/host/vms".into()), ("root", "/metrics".into()), ("bob", format!("/v1/drives/{drv}"))] {
             keep(c.get(&p, u).await);
         }
-        keep(c.req("POST", &format!("/v1/vms/{vm}/stop"), Some("alice"), Some(json!({"force": true}))).await);
+        keep(c.stop(&vm, "alice", true).await);
         // The passphrase of the drive, as the key holders can compute it.
         let wrapped: Vec<u8> = rusqlite::Connection::open(d.db()).unwrap()
             .query_row("SELECT wrapped FROM drives WHERE id = ?1", [&drv], |r| r.get(0)).unwrap();
         let pass = vmwarden::keys::unwrap(&k, &vmwarden::model::ProjectName::parse("genomics").unwrap(), &drv, &wrapped).unwrap();
-        keep(c.req("POST", "/v1/projects/genomics/lock", Some("alice"), None).await);
+        keep(c.lock("genomics", "alice").await);
 
         let mut secrets: Vec<(&str, Vec<u8>)> = vec![
             ("admin share token", s.admin.clone().into_bytes()),
@@ -191,18 +191,9 @@ fn no_copy_of_a_secret_stays_in_memory_after_lock() {
         let drv = drive(&c, "alice", "genomics", "boot").await;
         write_boot_sector(&d, &s, "genomics", &drv, &boot_sector("MEM", false));
         let vm = vm(&c, "alice", "genomics", "web", &[&drv]).await;
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let r = c.start(&vm, "alice").await;
         assert_eq!(r.status, 200, "{r:?}");
-        let r = c
-            .req(
-                "POST",
-                &format!("/v1/vms/{vm}/stop"),
-                Some("alice"),
-                Some(json!({"force": true})),
-            )
-            .await;
+        let r = c.stop(&vm, "alice", true).await;
         assert_eq!(r.status, 200, "{r:?}");
         let wrapped: Vec<u8> = rusqlite::Connection::open(d.db())
             .unwrap()
@@ -217,9 +208,7 @@ fn no_copy_of_a_secret_stays_in_memory_after_lock() {
             &wrapped,
         )
         .unwrap();
-        let r = c
-            .req("POST", "/v1/projects/genomics/lock", Some("alice"), None)
-            .await;
+        let r = c.lock("genomics", "alice").await;
         assert_eq!(r.status, 200, "{r:?}");
         let secrets: Vec<(&str, Vec<u8>)> = vec![
             ("K", k.expose().to_vec()),

@@ -16,37 +16,29 @@ struct World {
 }
 
 async fn world(extra: &str) -> World {
-    let d = Daemon::start(Opts {
+    let w = Fixture::new(Opts {
         sharing: extra.into(),
         ..Default::default()
-    });
-    let c = d.client();
-    users(
-        &c,
-        &[
-            ("alice", "lab"),
-            ("bob", "lab"),
-            ("carol", "lab"),
-            ("dave", "far"),
-            ("erin", "lab"),
-        ],
-    )
+    })
+    .users(&[
+        ("alice", "lab"),
+        ("bob", "lab"),
+        ("carol", "lab"),
+        ("dave", "far"),
+        ("erin", "lab"),
+    ])
+    .project("genomics", &["alice", "bob", "carol", "dave"])
+    .drive("alice", "genomics", "data")
+    .vm("alice", "genomics", "web", &["data"])
+    .build()
     .await;
-    let s = project(&c, "genomics", &["alice", "bob", "carol", "dave"]).await;
-    unlock(&c, "genomics", &s, "alice").await;
-    let drive = drive(&c, "alice", "genomics", "data").await;
-    let vm = vm(&c, "alice", "genomics", "web", &[&drive]).await;
+    let (s, drive, vm) = (w.shares("genomics").clone(), w.drive("data"), w.vm("web"));
+    let common::World { d, c, .. } = w;
     World { d, c, s, drive, vm }
 }
 
 async fn share(c: &Client, by: &str, vm: &str, to: &str, role: &str, confirm: bool) -> Resp {
-    c.req(
-        "PUT",
-        &format!("/v1/vms/{vm}/members/{to}"),
-        Some(by),
-        Some(json!({"role": role, "confirm_drive_access": confirm})),
-    )
-    .await
+    c.share(vm, by, to, role, confirm).await
 }
 
 fn raw_has(r: &Resp, needle: &str) -> bool {
@@ -351,9 +343,7 @@ fn coowner_takes_a_drive_into_their_own_vm_and_the_original_refuses_to_start() {
             c.get(&format!("/v1/drives/{drv}"), "alice").await.status,
             404
         );
-        let r = c
-            .req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-            .await;
+        let r = c.start(vm, "alice").await;
         assert_eq!((r.status, r.code()), (409, "no_drive"));
         // Audited, and visible to the other owner in the audit and members views.
         let r = c.get(&format!("/v1/audit?vm={vm}"), "alice").await;
@@ -394,12 +384,7 @@ fn owner_removed_from_the_project_hands_over_and_loses_sight() {
     rt().block_on(async {
         let w = world("").await;
         let (c, vm) = (&w.c, w.vm.as_str());
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-                .await
-                .status,
-            200
-        );
+        assert_eq!(c.start(vm, "alice").await.status, 200);
         assert_eq!(
             share(c, "alice", vm, "carol", "user", false).await.status,
             200
@@ -494,12 +479,7 @@ fn admin_cannot_start_or_see_drives_of_a_vm_in_a_project_they_are_not_in() {
         let r = c.get("/v1/host/vms", "root").await;
         assert_eq!(r.body.as_array().unwrap().len(), 1);
         assert!(!raw_has(&r, &drv) && !raw_has(&r, "drives"), "{r:?}");
-        assert_eq!(
-            c.req("POST", &format!("/v1/vms/{vm}/start"), Some("alice"), None)
-                .await
-                .status,
-            200
-        );
+        assert_eq!(c.start(&vm, "alice").await.status, 200);
         let r = c
             .req(
                 "POST",

@@ -190,9 +190,7 @@ fn serves_a_socket_passed_the_systemd_way() {
     s.spawn(cmd);
     // The socket listened before the daemon started: a client may connect at once, and the
     // request waits in the backlog until the daemon accepts it.
-    let c = Client {
-        socket: path.clone(),
-    };
+    let c = Client::new(&path);
     let r = rt().block_on(async {
         tokio::time::timeout(Duration::from_secs(30), c.get("/v1/health", "root")).await
     });
@@ -247,9 +245,7 @@ fn ignores_listen_fds_meant_for_another_process() {
         "{}",
         s.log()
     );
-    let c = Client {
-        socket: s.own_socket.clone(),
-    };
+    let c = Client::new(&s.own_socket);
     assert_eq!(rt().block_on(c.get("/v1/health", "root")).status, 200);
     assert!(s.terminate().success());
 }
@@ -300,9 +296,7 @@ fn ready_only_once_the_socket_answers_then_watchdog_and_stopping() {
         .unwrap_or_else(|| panic!("no READY=1 (got {got:?}): {}", s.log()))
         .clone();
     // At the moment READY=1 arrives, the socket answers: no retry, no wait.
-    let c = Client {
-        socket: s.own_socket.clone(),
-    };
+    let c = Client::new(&s.own_socket);
     let r = rt().block_on(async {
         tokio::time::timeout(Duration::from_secs(10), c.get("/v1/health", "root")).await
     });
@@ -399,9 +393,7 @@ fn audit_events_are_native_journal_entries_with_fields() {
         "{}",
         s.log()
     );
-    let c = Client {
-        socket: s.own_socket.clone(),
-    };
+    let c = Client::new(&s.own_socket);
     let vm_id = rt().block_on(async {
         users(&c, &[("alice", "lab")]).await;
         project(&c, "genomics", &["alice"]).await;

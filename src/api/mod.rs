@@ -143,37 +143,38 @@ pub async fn serve(listener: UnixListener, svc: Arc<Service>, shutdown: impl Fut
             },
             _ = &mut shutdown => break,
         };
-        let uid = stream.peer_cred().ok().map(|c| c.uid());
-        let class = match uid {
-            Some(0) => PeerClass::Privileged,
-            Some(u) => match state.peer_name(u) {
-                Some(n) if access.admins.contains(&n) || access.orchestrators.contains(&n) => {
-                    PeerClass::Privileged
-                }
-                _ => PeerClass::Unprivileged,
-            },
-            None => PeerClass::Unprivileged,
-        };
-        let slot = match state.slots.connection(uid.unwrap_or(u32::MAX), class) {
-            Some(slot) => Some(slot),
-            None if class == PeerClass::Privileged => None,
-            None => {
-                tracing::debug!(?uid, "connection refused: too many open connections");
-                tokio::spawn(async move {
+        let (st, watcher, limits, access) = (
+            state.clone(),
+            graceful.watcher(),
+            limits.clone(),
+            access.clone(),
+        );
+        // Everything after the accept runs in the connection's own task: looking the peer
+        // up (NSS may be slow) never holds up the accept loop.
+        tokio::spawn(async move {
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
+            let class = match uid {
+                Some(0) => PeerClass::Privileged,
+                Some(u) => match st.peer_name(u).await {
+                    Some(n) if access.admins.contains(&n) || access.orchestrators.contains(&n) => {
+                        PeerClass::Privileged
+                    }
+                    _ => PeerClass::Unprivileged,
+                },
+                None => PeerClass::Unprivileged,
+            };
+            let slot = match (st.slots.connection(uid.unwrap_or(u32::MAX), class), class) {
+                (Some(slot), _) => slot,
+                (None, PeerClass::Privileged) => st.slots.privileged().await,
+                (None, PeerClass::Unprivileged) => {
+                    tracing::debug!(?uid, "connection refused: too many open connections");
                     use tokio::io::AsyncWriteExt;
                     let mut stream = stream;
                     let _ =
                         tokio::time::timeout(Duration::from_secs(1), stream.write_all(conn::BUSY))
                             .await;
-                });
-                continue;
-            }
-        };
-        let (st, watcher, limits) = (state.clone(), graceful.watcher(), limits.clone());
-        tokio::spawn(async move {
-            let slot = match slot {
-                Some(s) => s,
-                None => st.slots.privileged().await,
+                    return;
+                }
             };
             let deliveries = Arc::new(conn::Deliveries::default());
             let ctx = Arc::new(conn::ConnCtx {

@@ -124,17 +124,22 @@ impl State {
         let _ = self.closing.send(true);
     }
 
-    /// The user name of a uid (NSS), cached for a minute.
-    pub fn peer_name(&self, uid: u32) -> Option<String> {
+    /// The user name of a uid, cached for a minute. NSS may go to the network (LDAP), so a
+    /// lookup runs on the blocking pool.
+    pub async fn peer_name(&self, uid: u32) -> Option<String> {
         if let Some((n, at)) = self.users_by_uid.lock().unwrap().get(&uid) {
             if at.elapsed() < std::time::Duration::from_secs(60) {
                 return Some(n.clone());
             }
         }
-        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()?
-            .name;
+        let name = tokio::task::spawn_blocking(move || {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .await
+        .ok()??;
         self.users_by_uid
             .lock()
             .unwrap()
@@ -349,7 +354,7 @@ struct Who {
 
 async fn principal(st: &State, uid: Option<u32>, req: &Request<Incoming>) -> Result<Who, ApiError> {
     let uid = uid.ok_or(ApiError::UnknownPeer(u32::MAX))?;
-    let peer_name = st.peer_name(uid).ok_or(ApiError::UnknownPeer(uid))?;
+    let peer_name = st.peer_name(uid).await.ok_or(ApiError::UnknownPeer(uid))?;
     // A peer whose Unix name is not a valid vmwarden name cannot be registered.
     let peer = UserName::parse(&peer_name).map_err(|_| ApiError::UnknownPeer(uid))?;
     let acting = match req.headers().get("vmwarden-user") {

@@ -5,67 +5,42 @@
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use hyper::Method;
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::PathBuf;
 use vmwarden::cli::client::{Cli, Cmd, DriveCmd, HostCmd, ProjectCmd, ShareOut, UserCmd, VmCmd};
+use vmwarden::client::Reply;
 use zeroize::Zeroizing;
 
-struct Client {
-    socket: PathBuf,
-    act_as: Option<String>,
-}
-
-struct Reply {
-    status: u16,
-    body: Zeroizing<Vec<u8>>,
-}
+/// The client: a request on a fresh connection; share bodies leave zeroizing memory only
+/// for the one copy hyper sends.
+struct Client(vmwarden::client::Client);
 
 impl Client {
-    /// Sends one request on a fresh connection and returns the response with its body unread.
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Zeroizing<Vec<u8>>>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .with_context(|| format!("Cannot connect to {}", self.socket.display()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "vmwarden");
-        if let Some(u) = &self.act_as {
-            req = req.header("vmwarden-user", u);
-        }
-        let body = body.map(|b| Bytes::from(b.to_vec())).unwrap_or_default();
-        if !body.is_empty() {
-            req = req.header("content-type", "application/json");
-        }
-        Ok(sender.send_request(req.body(Full::new(body))?).await?)
+        Ok(self
+            .0
+            .send(method, path, None, body.map(|b| Bytes::from(b.to_vec())))
+            .await?)
     }
 
-    /// One request, whole answer.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Zeroizing<Vec<u8>>>,
     ) -> anyhow::Result<Reply> {
-        let resp = self.send(method, path, body).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            body: Zeroizing::new(body.to_vec()),
-        })
+        Ok(self
+            .0
+            .call(method, path, body.map(|b| Bytes::from(b.to_vec())))
+            .await?)
     }
 }
 
@@ -272,10 +247,7 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let c = Client {
-        socket: cli.socket.clone(),
-        act_as: cli.act_as.clone(),
-    };
+    let c = Client(vmwarden::client::Client::new(cli.socket.clone()).act_as(cli.act_as.clone()));
     use Method as M;
     let (method, path, req): (Method, String, Option<Zeroizing<Vec<u8>>>) = match cli.cmd {
         Cmd::Health => (M::GET, "/v1/health".into(), None),

@@ -1,3 +1,5 @@
+//! The unlock state machine as a table, shares, wrapping and redaction.
+
 use super::*;
 
 fn p() -> ProjectName {

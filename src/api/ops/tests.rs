@@ -1,3 +1,5 @@
+//! Request parsing without a socket: one row per shape of input.
+
 use super::*;
 
 fn op(method: &str, path: &str, body: &str) -> Result<Op, ApiError> {

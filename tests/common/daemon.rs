@@ -1,0 +1,257 @@
+//! The one daemon launcher: a real `vmwardend` process with its own state directory and
+//! config, on a real Unix socket, against the host's libvirtd.
+
+use super::client::Client;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running daemon with its own state directory.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    quiet: bool,
+}
+
+/// Extra config lines per section, appended to the test config.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub libvirt: String,
+    pub limits: String,
+    pub keys: String,
+    pub sharing: String,
+    pub idle: String,
+    pub uri: Option<String>,
+    /// Mount a tmpfs of this size (`2m`) as the state directory.
+    pub tmpfs_state: Option<String>,
+    /// Log only warnings (benchmarks: logging is not what they measure).
+    pub quiet: bool,
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "vmwardend" => PathBuf::from(env!("CARGO_BIN_EXE_vmwardend")),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_vmwarden")),
+    }
+}
+
+impl Daemon {
+    /// A daemon with a fresh state directory.
+    pub fn start(opts: Opts) -> Daemon {
+        // Short paths: sun_path holds 108 bytes.
+        let dir = PathBuf::from(format!("/tmp/vmw-{}", uuid::Uuid::new_v4().simple()));
+        Self::start_in(dir, opts)
+    }
+
+    /// A daemon whose state lives in `dir` (kept from an earlier daemon, or new).
+    pub fn start_in(dir: PathBuf, opts: Opts) -> Daemon {
+        // The directory must be traversable by QEMU (libvirt-qemu), so it is 0755 like
+        // /var/lib/vmwarden's parents.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let socket = dir.join("s.sock");
+        let config = dir.join("config.toml");
+        let uri = opts.uri.clone().unwrap_or_else(|| "qemu:///system".into());
+        let text = format!(
+            r#"[daemon]
+socket = "{sock}"
+socket_group = ""
+socket_mode = "0666"
+state_dir = "{dir}/state"
+
+[libvirt]
+uri = "{uri}"
+shutdown_timeout = "3s"
+detach_timeout = "3s"
+{libvirt}
+
+[access]
+admins = ["root"]
+orchestrators = ["root"]
+
+[sharing]
+{sharing}
+
+[keys]
+{keys}
+
+[idle]
+{idle}
+
+[limits]
+{limits}
+"#,
+            sock = socket.display(),
+            dir = dir.display(),
+            libvirt = opts.libvirt,
+            sharing = opts.sharing,
+            keys = opts.keys,
+            idle = opts.idle,
+            limits = opts.limits,
+        );
+        std::fs::write(&config, text).unwrap();
+        if let Some(size) = &opts.tmpfs_state {
+            let state = dir.join("state");
+            std::fs::create_dir_all(&state).unwrap();
+            let ok = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0711"),
+                    "tmpfs",
+                ])
+                .arg(&state)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "cannot mount a tmpfs on {}", state.display());
+        }
+        let log = dir.join("daemon.log");
+        let mut d = Daemon {
+            dir,
+            socket,
+            config,
+            log,
+            child: None,
+            quiet: opts.quiet,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin("vmwardend"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", if self.quiet { "warn" } else { "debug" })
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            // Up means this process listens on the path: a socket left by a killed daemon (held
+            // a moment longer by a child it was starting) answers with another pid.
+            if let Ok(s) = std::os::unix::net::UnixStream::connect(&self.socket) {
+                let peer =
+                    nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials);
+                if peer.is_ok_and(|c| c.pid() == pid) {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "daemon did not come up: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        c.wait().unwrap()
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.state().join("state.db")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Stops the process and keeps the state directory (to start again in it).
+    pub fn stop_keep(mut self) -> PathBuf {
+        self.kill9();
+        std::mem::take(&mut self.dir)
+    }
+
+    /// Resident set size of the daemon, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Destroys every domain this daemon's VMs may have left running.
+    pub fn destroy_domains(&self) {
+        if let Ok(conn) = rusqlite::Connection::open(self.db()) {
+            if let Ok(mut st) = conn.prepare("SELECT id FROM vms") {
+                let ids: Vec<String> = st
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .filter_map(Result::ok)
+                    .collect();
+                for id in ids {
+                    let _ = Command::new("virsh")
+                        .args(["-q", "-c", "qemu:///system", "destroy", &id])
+                        .stderr(Stdio::null())
+                        .stdout(Stdio::null())
+                        .status();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.destroy_domains();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount")
+            .arg(self.state())
+            .stderr(Stdio::null())
+            .status();
+        if !std::thread::panicking() && !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
