@@ -147,6 +147,32 @@ name_type!(
     DriveName, "drive", "^[a-z0-9][a-z0-9-]{0,62}$", 63, label_first, label_rest
 );
 
+name_type!(
+    /// How a request names a VM or a drive: its id, a unique prefix of its id, or its name,
+    /// resolved among the objects the caller may see (DESIGN 1). Every id and name matches
+    /// the same pattern (ids are lowercase hex and hyphens).
+    ObjectRef, "VM or drive", "^[a-z0-9][a-z0-9-]{0,62}$", 63, label_first, label_rest
+);
+
+impl ObjectRef {
+    /// The id this names outright, if it is a whole id.
+    pub fn as_uuid(&self) -> Option<Uuid> {
+        (self.0.len() == 36)
+            .then(|| Uuid::parse_str(&self.0).ok())
+            .flatten()
+    }
+
+    /// Whether `id` (hyphenated) starts with this reference.
+    pub fn prefixes(&self, id: &str) -> bool {
+        id.starts_with(&self.0)
+    }
+
+    /// A reference to an id.
+    pub fn id(id: Uuid) -> Self {
+        Self(id.hyphenated().to_string())
+    }
+}
+
 /// A VM id; also the libvirt domain name.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -458,8 +458,18 @@ fn oversized_malformed_unknown_fields_and_hostile_names() {
             let r = c.req("PUT", path, Some("root"), Some(json!({"team": "lab"}))).await;
             assert!(r.status == 400 || r.status == 405, "{path}: {r:?}");
         }
-        let r = c.req("GET", "/v1/vms/not-a-uuid", Some("alice"), None).await;
+        // Where an id is expected, a name or an id prefix does too (DESIGN 1); anything
+        // else is not a reference at all.
+        let r = c.req("GET", "/v1/vms/Not_A_Name", Some("alice"), None).await;
         assert_eq!((r.status, r.code()), (400, "invalid_parameter"));
+        let r = c.req("GET", "/v1/vms/web", Some("alice"), None).await;
+        assert_eq!((r.status, &r.body["id"]), (200, &json!(w.vm)));
+        let r = c.req("GET", &format!("/v1/vms/{}", &w.vm[..8]), Some("alice"), None).await;
+        assert_eq!((r.status, &r.body["id"]), (200, &json!(w.vm)));
+        let r = c.req("GET", "/v1/vms/no-such-vm", Some("alice"), None).await;
+        assert_eq!((r.status, r.code()), (404, "vm_not_found"));
+        let r = c.req("GET", "/v1/vms/web", Some("carol"), None).await;
+        assert_eq!((r.status, r.code()), (404, "vm_not_found"));
         let r = c.raw("GET", "/v1/me", Some("a<b"), None).await;
         assert_eq!(r.status, 400);
         // Out-of-range sizes.

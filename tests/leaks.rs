@@ -51,6 +51,22 @@ fn hidden_names_never_conflict() {
             )
             .await;
         assert_eq!(r.status, 201, "{r:?}");
+        // carol shares her "web" with bob, who uses alice's "web" too: the name is ambiguous
+        // to him, the answer lists both ids, and an id prefix settles it.
+        let carols = r.body["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            c.share(&carols, "carol", "bob", "user", false).await.status,
+            200
+        );
+        let r = c.get("/v1/vms/web", "bob").await;
+        assert_eq!((r.status, r.code()), (409, "ambiguous"), "{r:?}");
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&carols) && detail.contains(&w.vm("web")),
+            "{detail}"
+        );
+        let r = c.get(&format!("/v1/vms/{}", &carols[..13]), "bob").await;
+        assert_eq!((r.status, &r.body["id"]), (200, &json!(carols)));
         // alice sees both of hers.
         let r = c
             .req(

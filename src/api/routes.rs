@@ -4,7 +4,7 @@
 use super::conn::{ConnCtx, Deliveries, Slots, StreamSlot};
 use super::error::ApiError;
 use super::ops::{match_route, parse, Op};
-use crate::model::UserName;
+use crate::model::{ObjectRef, UserName};
 use crate::service::{CreatedProject, Delivery, Principal, Service, StopStarted};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -413,6 +413,14 @@ async fn execute(
 
 async fn run(svc: Arc<Service>, p: Principal, op: Op) -> Result<Reply, ApiError> {
     let p = &p;
+    let vm = |r: ObjectRef| {
+        let svc = svc.clone();
+        async move { svc.resolve_vm(p, &r).await }
+    };
+    let drive = |r: ObjectRef| {
+        let svc = svc.clone();
+        async move { svc.resolve_drive(p, &r).await }
+    };
     match op {
         Op::Me => ok(&svc.me(p).await?),
         Op::Users => ok(&svc.users(p).await?),
@@ -441,43 +449,58 @@ async fn run(svc: Arc<Service>, p: Principal, op: Op) -> Result<Reply, ApiError>
             StatusCode::CREATED,
             bytes_of(&svc.create_drive(p, project, name, size_mib).await?),
         )),
-        Op::Drive(id) => ok(&svc.drive(p, id).await?),
-        Op::DeleteDrive(id) => {
-            svc.delete_drive(p, id).await?;
+        Op::Drive(r) => ok(&svc.drive(p, drive(r).await?).await?),
+        Op::DeleteDrive(r) => {
+            svc.delete_drive(p, drive(r).await?).await?;
             change("removed")
         }
-        Op::CreateVm(req) => Ok(Reply::Json(
-            StatusCode::CREATED,
-            bytes_of(&svc.create_vm(p, req).await?),
-        )),
-        Op::Vm(id) => ok(&svc.vm(p, id).await?),
-        Op::UpdateVm(id, patch) => ok(&svc.update_vm(p, id, patch).await?),
-        Op::DeleteVm(id) => {
-            svc.delete_vm(p, id).await?;
+        Op::CreateVm(mut req, drives) => {
+            for r in drives {
+                req.drives.push(drive(r).await?);
+            }
+            Ok(Reply::Json(
+                StatusCode::CREATED,
+                bytes_of(&svc.create_vm(p, req).await?),
+            ))
+        }
+        Op::Vm(r) => ok(&svc.vm(p, vm(r).await?).await?),
+        Op::UpdateVm(r, patch) => ok(&svc.update_vm(p, vm(r).await?, patch).await?),
+        Op::DeleteVm(r) => {
+            svc.delete_vm(p, vm(r).await?).await?;
             change("removed")
         }
-        Op::Members(id) => ok(&svc.members(p, id).await?),
+        Op::Members(r) => ok(&svc.members(p, vm(r).await?).await?),
         Op::Share {
-            vm,
+            vm: r,
             user,
             role,
             confirm,
-        } => ok(&svc.share(p, vm, user, role, confirm).await?),
-        Op::Unshare(vm, user) => ok(&svc.unshare(p, vm, user).await?),
-        Op::Start(id) => ok(&svc.start(p, id).await?),
-        Op::Stop { vm, force, wait } => {
-            let (started, view) = svc.stop(p, vm, force, wait).await?;
+        } => ok(&svc.share(p, vm(r).await?, user, role, confirm).await?),
+        Op::Unshare(r, user) => ok(&svc.unshare(p, vm(r).await?, user).await?),
+        Op::Start(r) => ok(&svc.start(p, vm(r).await?).await?),
+        Op::Stop { vm: r, force, wait } => {
+            let (started, view) = svc.stop(p, vm(r).await?, force, wait).await?;
             Ok(Reply::Json(stop_status(started, wait), bytes_of(&view)))
         }
-        Op::Keepalive(id) => ok(&svc.keepalive(p, id).await?),
-        Op::Attach(vm, drive) => ok(&svc.attach(p, vm, drive).await?),
-        Op::Detach(vm, drive) => ok(&svc.detach(p, vm, drive).await?),
+        Op::Keepalive(r) => ok(&svc.keepalive(p, vm(r).await?).await?),
+        Op::Attach(v, d) => ok(&svc.attach(p, vm(v).await?, drive(d).await?).await?),
+        Op::Detach(v, d) => ok(&svc.detach(p, vm(v).await?, drive(d).await?).await?),
         Op::HostVms => ok(&svc.host_vms(p).await?),
-        Op::HostStop { vm, force, wait } => {
-            let (started, host) = svc.host_stop(p, vm, force, wait).await?;
+        Op::HostStop { vm: r, force, wait } => {
+            let id = svc.resolve_host_vm(p, &r).await?;
+            let (started, host) = svc.host_stop(p, id, force, wait).await?;
             Ok(Reply::Json(stop_status(started, wait), bytes_of(&host)))
         }
-        Op::Audit(f) => ok(&svc.audit_log(p, f).await?),
+        Op::Audit(mut f, r) => {
+            if let Some(r) = r {
+                f.vm = Some(if p.admin {
+                    svc.resolve_host_vm(p, &r).await?
+                } else {
+                    vm(r).await?
+                });
+            }
+            ok(&svc.audit_log(p, f).await?)
+        }
         Op::Vms | Op::Events | Op::Metrics => unreachable!("answered by the HTTP layer"),
     }
 }

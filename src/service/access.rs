@@ -211,3 +211,101 @@ impl Service {
 fn unseen_project() -> ProjectName {
     ProjectName::parse("0-unseen").expect("valid")
 }
+
+/// Picks the one candidate `r` names: a whole id, else an exact name, else a unique id
+/// prefix. `kind` names the objects in errors.
+fn pick<I: Copy + std::fmt::Display>(
+    r: &ObjectRef,
+    candidates: &[(I, String)],
+    hidden: Hidden,
+) -> Result<I> {
+    let by = |f: &dyn Fn(&(I, String)) -> bool| -> Vec<I> {
+        candidates.iter().filter(|c| f(c)).map(|c| c.0).collect()
+    };
+    let mut found = by(&|c| c.0.to_string() == r.as_str());
+    if found.is_empty() {
+        found = by(&|c| c.1 == r.as_str());
+    }
+    if found.is_empty() {
+        found = by(&|c| r.prefixes(&c.0.to_string()));
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(deny(Denial::Hidden(hidden), r.as_str())),
+        many => Err(conflict(
+            ConflictCode::Ambiguous,
+            format!(
+                "{r} names {} objects: {}; give more of the id",
+                many.len(),
+                many.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+impl Service {
+    /// The VM a request names, among the VMs the caller holds a role on in its projects
+    /// (an admin in a project also resolves its VMs, to be told 403 rather than 404). A
+    /// whole id is taken as it is: whether it exists is the operation's to say.
+    pub async fn resolve_vm(&self, p: &Principal, r: &ObjectRef) -> Result<VmId> {
+        if let Some(u) = r.as_uuid() {
+            return Ok(VmId(u));
+        }
+        let member_of = self.member_projects(p).await?;
+        let vms = self.db(|s| s.vms()).await?;
+        let candidates: Vec<(VmId, String)> = vms
+            .into_iter()
+            .filter(|v| member_of.contains(&v.project) && (v.role_of(&p.name).is_some() || p.admin))
+            .map(|v| (v.id, v.name.to_string()))
+            .collect();
+        pick(r, &candidates, Hidden::Vm)
+    }
+
+    /// The VM an admin names in the host inventory (every VM on the host).
+    pub async fn resolve_host_vm(&self, p: &Principal, r: &ObjectRef) -> Result<VmId> {
+        self.check(p, &Action::Admin(AdminAction::HostInventory), "")?;
+        if let Some(u) = r.as_uuid() {
+            return Ok(VmId(u));
+        }
+        let candidates: Vec<(VmId, String)> = self
+            .db(|s| s.vms())
+            .await?
+            .into_iter()
+            .map(|v| (v.id, v.name.to_string()))
+            .collect();
+        pick(r, &candidates, Hidden::Vm)
+    }
+
+    /// The drive a request names, among the drives the caller owns in its projects.
+    pub async fn resolve_drive(&self, p: &Principal, r: &ObjectRef) -> Result<DriveId> {
+        if let Some(u) = r.as_uuid() {
+            return Ok(DriveId(u));
+        }
+        let member_of = self.member_projects(p).await?;
+        let candidates: Vec<(DriveId, String)> = self
+            .db(|s| s.drives())
+            .await?
+            .into_iter()
+            .filter(|d| d.owners.contains(&p.name) && member_of.contains(&d.project))
+            .map(|d| (d.id, d.name.to_string()))
+            .collect();
+        pick(r, &candidates, Hidden::Drive)
+    }
+
+    /// The projects the caller is a member of.
+    pub(super) async fn member_projects(
+        &self,
+        p: &Principal,
+    ) -> Result<std::collections::HashSet<ProjectName>> {
+        Ok(self
+            .db(|s| s.projects())
+            .await?
+            .into_iter()
+            .filter(|r| r.members.contains(&p.name))
+            .map(|r| r.name)
+            .collect())
+    }
+}

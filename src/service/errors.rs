@@ -23,6 +23,8 @@ codes! {
         MemberOwns = "member_owns",
         /// Another change interfered; nothing was written.
         ChangedMeanwhile = "changed_meanwhile",
+        /// A name or id prefix names more than one object the caller sees.
+        Ambiguous = "ambiguous",
     }
 }
 

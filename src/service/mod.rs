@@ -21,8 +21,8 @@ use crate::hypervisor::{DiskSpec, DomainSpec, Hypervisor, LifecycleEvent};
 use crate::idle;
 use crate::keys::{self, Keyring, Submitter, UnlockOutcome, Verifiers};
 use crate::model::{
-    Drive, DriveId, DriveName, IdlePolicy, ProjectName, Role, SecretBytes, StorageId, TeamName,
-    User, UserName, Vm, VmId, VmName, VmState,
+    Drive, DriveId, DriveName, IdlePolicy, ObjectRef, ProjectName, Role, SecretBytes, StorageId,
+    TeamName, User, UserName, Vm, VmId, VmName, VmState,
 };
 use crate::policy::{
     self, Action, AdminAction, Decision, DriveFacts, ShareHalf, TargetFacts, VmAction, VmFacts,

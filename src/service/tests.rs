@@ -273,7 +273,7 @@ fn codes_render_to_their_stable_strings() {
     assert_eq!(
         render(ConflictCode::ALL.iter().map(|c| c.as_str()).collect()),
         "vm_running vm_stopping no_drive drive_attached project_mismatch user_has_roles \
-         project_not_empty member_owns changed_meanwhile"
+         project_not_empty member_owns changed_meanwhile ambiguous"
     );
     assert_eq!(
         render(EventKind::ALL.iter().map(|c| c.as_str()).collect()),

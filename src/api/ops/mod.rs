@@ -4,8 +4,7 @@
 
 use super::error::ApiError;
 use crate::model::{
-    DriveId, DriveName, IdlePolicy, ProjectName, Role, SecretBytes, TeamName, UserName, VmId,
-    VmName,
+    DriveName, IdlePolicy, ObjectRef, ProjectName, Role, SecretBytes, TeamName, UserName, VmName,
 };
 use crate::service::{AuditFilter, MemberExit, NewVm, VmPatch};
 use hyper::Method;
@@ -136,25 +135,25 @@ pub enum Op {
         size_mib: u64,
     },
     /// `GET /v1/drives/{id}`.
-    Drive(DriveId),
+    Drive(ObjectRef),
     /// `DELETE /v1/drives/{id}`.
-    DeleteDrive(DriveId),
+    DeleteDrive(ObjectRef),
     /// `GET /v1/vms`.
     Vms,
-    /// `POST /v1/vms`.
-    CreateVm(NewVm),
+    /// `POST /v1/vms`: the VM, and its drives as named (resolved by the service).
+    CreateVm(NewVm, Vec<ObjectRef>),
     /// `GET /v1/vms/{id}`.
-    Vm(VmId),
+    Vm(ObjectRef),
     /// `PATCH /v1/vms/{id}`.
-    UpdateVm(VmId, VmPatch),
+    UpdateVm(ObjectRef, VmPatch),
     /// `DELETE /v1/vms/{id}`.
-    DeleteVm(VmId),
+    DeleteVm(ObjectRef),
     /// `GET /v1/vms/{id}/members`.
-    Members(VmId),
+    Members(ObjectRef),
     /// `PUT /v1/vms/{id}/members/{user}`.
     Share {
         /// The VM.
-        vm: VmId,
+        vm: ObjectRef,
         /// The target.
         user: UserName,
         /// The role.
@@ -163,30 +162,30 @@ pub enum Op {
         confirm: bool,
     },
     /// `DELETE /v1/vms/{id}/members/{user}`.
-    Unshare(VmId, UserName),
+    Unshare(ObjectRef, UserName),
     /// `POST /v1/vms/{id}/start`.
-    Start(VmId),
+    Start(ObjectRef),
     /// `POST /v1/vms/{id}/stop`.
     Stop {
         /// The VM.
-        vm: VmId,
+        vm: ObjectRef,
         /// Destroy at once.
         force: bool,
         /// Answer once stopped (otherwise 202 once stopping).
         wait: bool,
     },
     /// `POST /v1/vms/{id}/keepalive`.
-    Keepalive(VmId),
+    Keepalive(ObjectRef),
     /// `PUT /v1/vms/{id}/drives/{drive}`.
-    Attach(VmId, DriveId),
+    Attach(ObjectRef, ObjectRef),
     /// `DELETE /v1/vms/{id}/drives/{drive}`.
-    Detach(VmId, DriveId),
+    Detach(ObjectRef, ObjectRef),
     /// `GET /v1/host/vms`.
     HostVms,
     /// `POST /v1/host/vms/{id}/stop`.
     HostStop {
         /// The VM.
-        vm: VmId,
+        vm: ObjectRef,
         /// Destroy at once.
         force: bool,
         /// Answer once stopped.
@@ -194,8 +193,8 @@ pub enum Op {
     },
     /// `GET /v1/events`.
     Events,
-    /// `GET /v1/audit`.
-    Audit(AuditFilter),
+    /// `GET /v1/audit`, with the VM named by the `vm` filter.
+    Audit(AuditFilter, Option<ObjectRef>),
     /// `GET /metrics`.
     Metrics,
 }
@@ -216,7 +215,7 @@ impl Op {
                 | Op::Members(_)
                 | Op::HostVms
                 | Op::Events
-                | Op::Audit(_)
+                | Op::Audit(..)
                 | Op::Metrics
         )
     }
@@ -284,7 +283,7 @@ struct CreateVm {
     vcpus: u32,
     memory_mib: u64,
     #[serde(default)]
-    drives: Vec<DriveId>,
+    drives: Vec<ObjectRef>,
     #[serde(default)]
     idle: Option<IdlePolicy>,
 }
@@ -366,22 +365,23 @@ fn flag(v: &str, what: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// The `GET /v1/audit` filter.
-pub fn audit_filter(query: &str) -> Result<AuditFilter, ApiError> {
+/// The `GET /v1/audit` filter, and the VM its `vm` names.
+pub fn audit_filter(query: &str) -> Result<(AuditFilter, Option<ObjectRef>), ApiError> {
     let mut f = AuditFilter {
         limit: 1000,
         ..Default::default()
     };
+    let mut vm = None;
     for (k, v) in query_pairs(query, &["vm", "user", "since", "until", "limit"])? {
         match k {
-            "vm" => f.vm = Some(param(v, "vm")?),
+            "vm" => vm = Some(param(v, "vm")?),
             "user" => f.actor = Some(param::<UserName>(v, "user")?.to_string()),
             "since" => f.since_ms = Some(param(v, "since (ms since epoch)")?),
             "until" => f.until_ms = Some(param(v, "until (ms since epoch)")?),
             _ => f.limit = param(v, "limit")?,
         }
     }
-    Ok(f)
+    Ok((f, vm))
 }
 
 /// Parses one request into its operation. `body` is the whole body (already bounded by
@@ -466,23 +466,26 @@ pub fn parse(
                 size_mib: b.size_mib,
             }
         }
-        ("GET", "/v1/drives/{id}") => Op::Drive(param(p(0), "drive id")?),
-        ("DELETE", "/v1/drives/{id}") => Op::DeleteDrive(param(p(0), "drive id")?),
+        ("GET", "/v1/drives/{id}") => Op::Drive(param(p(0), "drive")?),
+        ("DELETE", "/v1/drives/{id}") => Op::DeleteDrive(param(p(0), "drive")?),
         ("GET", "/v1/vms") => Op::Vms,
         ("POST", "/v1/vms") => {
             let b: CreateVm = json(&body)?;
-            Op::CreateVm(NewVm {
-                name: b.name,
-                project: b.project,
-                vcpus: b.vcpus,
-                memory_mib: b.memory_mib,
-                drives: b.drives,
-                idle: b.idle,
-            })
+            Op::CreateVm(
+                NewVm {
+                    name: b.name,
+                    project: b.project,
+                    vcpus: b.vcpus,
+                    memory_mib: b.memory_mib,
+                    drives: vec![],
+                    idle: b.idle,
+                },
+                b.drives,
+            )
         }
-        ("GET", "/v1/vms/{id}") => Op::Vm(param(p(0), "VM id")?),
+        ("GET", "/v1/vms/{id}") => Op::Vm(param(p(0), "VM")?),
         ("PATCH", "/v1/vms/{id}") => {
-            let id = param(p(0), "VM id")?;
+            let id = param(p(0), "VM")?;
             let b: PatchVm = json(&body)?;
             Op::UpdateVm(
                 id,
@@ -493,10 +496,10 @@ pub fn parse(
                 },
             )
         }
-        ("DELETE", "/v1/vms/{id}") => Op::DeleteVm(param(p(0), "VM id")?),
-        ("GET", "/v1/vms/{id}/members") => Op::Members(param(p(0), "VM id")?),
+        ("DELETE", "/v1/vms/{id}") => Op::DeleteVm(param(p(0), "VM")?),
+        ("GET", "/v1/vms/{id}/members") => Op::Members(param(p(0), "VM")?),
         ("PUT", "/v1/vms/{id}/members/{user}") => {
-            let vm = param(p(0), "VM id")?;
+            let vm = param(p(0), "VM")?;
             let user = param(p(1), "user name")?;
             let b: Share = json(&body)?;
             Op::Share {
@@ -507,15 +510,15 @@ pub fn parse(
             }
         }
         ("DELETE", "/v1/vms/{id}/members/{user}") => {
-            Op::Unshare(param(p(0), "VM id")?, param(p(1), "user name")?)
+            Op::Unshare(param(p(0), "VM")?, param(p(1), "user name")?)
         }
         ("POST", "/v1/vms/{id}/start") => {
-            let vm = param(p(0), "VM id")?;
+            let vm = param(p(0), "VM")?;
             let _: Empty = json(&body)?;
             Op::Start(vm)
         }
         ("POST", "/v1/vms/{id}/stop") => {
-            let vm = param(p(0), "VM id")?;
+            let vm = param(p(0), "VM")?;
             let b: Stop = json(&body)?;
             Op::Stop {
                 vm,
@@ -524,21 +527,21 @@ pub fn parse(
             }
         }
         ("POST", "/v1/vms/{id}/keepalive") => {
-            let vm = param(p(0), "VM id")?;
+            let vm = param(p(0), "VM")?;
             let _: Empty = json(&body)?;
             Op::Keepalive(vm)
         }
         ("PUT", "/v1/vms/{id}/drives/{drive}") => {
-            let (vm, drive) = (param(p(0), "VM id")?, param(p(1), "drive id")?);
+            let (vm, drive) = (param(p(0), "VM")?, param(p(1), "drive")?);
             let _: Empty = json(&body)?;
             Op::Attach(vm, drive)
         }
         ("DELETE", "/v1/vms/{id}/drives/{drive}") => {
-            Op::Detach(param(p(0), "VM id")?, param(p(1), "drive id")?)
+            Op::Detach(param(p(0), "VM")?, param(p(1), "drive")?)
         }
         ("GET", "/v1/host/vms") => Op::HostVms,
         ("POST", "/v1/host/vms/{id}/stop") => {
-            let vm = param(p(0), "VM id")?;
+            let vm = param(p(0), "VM")?;
             let b: Stop = json(&body)?;
             Op::HostStop {
                 vm,
@@ -547,7 +550,10 @@ pub fn parse(
             }
         }
         ("GET", "/v1/events") => Op::Events,
-        ("GET", "/v1/audit") => Op::Audit(audit_filter(query)?),
+        ("GET", "/v1/audit") => {
+            let (f, vm) = audit_filter(query)?;
+            Op::Audit(f, vm)
+        }
         ("GET", "/metrics") => Op::Metrics,
         _ => return Err(ApiError::NoRoute(route.into())),
     };

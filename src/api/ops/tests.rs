@@ -71,7 +71,7 @@ fn requests_parse_into_operations() {
         other => panic!("{other:?}"),
     }
     match ok("GET", "/v1/audit?user=alice&since=5&limit=3", "") {
-        Op::Audit(f) => assert_eq!(
+        Op::Audit(f, None) => assert_eq!(
             (f.actor.as_deref(), f.since_ms, f.limit),
             (Some("alice"), Some(5), 3)
         ),
@@ -87,11 +87,11 @@ fn requests_parse_into_operations() {
         ApiError::BadJson(_)
     ));
     assert!(matches!(
-        err("GET", "/v1/vms/not-a-uuid", ""),
+        err("GET", "/v1/vms/Not_A_Name", ""),
         ApiError::BadParam(_)
     ));
     assert!(matches!(
-        err("GET", "/v1/audit?vm=x", ""),
+        err("GET", "/v1/audit?vm=X", ""),
         ApiError::BadParam(_)
     ));
     assert!(matches!(
