@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test setup build lint bench clean deb package-test
+.PHONY: run test setup build lint bench clean deb package-test contract-tools fuzz
 
 setup:
 	bash scripts/setup-host.sh
@@ -18,11 +18,29 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Unit, table and property tests, then the real-socket, real-libvirt, real-QEMU tests, then
-# the package: build, lintian, install, run as user vmwarden, remove, purge.
-test: setup lint
+# Unit, table and property tests, then the real-socket, real-libvirt, real-QEMU tests (the
+# contract tests among them: schemathesis and a generated client), then every fuzz target for
+# a bounded time, then the package: build, lintian, install, run as user vmwarden, remove,
+# purge.
+test: setup lint contract-tools
 	$(CARGO) test
+	$(MAKE) fuzz
 	$(MAKE) package-test
+
+# schemathesis, openapi-python-client and ruff, pinned, in a virtualenv under target/.
+VENV := target/contract-venv
+contract-tools:
+	@if ! cmp -s scripts/contract-requirements.txt $(VENV)/requirements.txt; then \
+	  rm -rf $(VENV) && python3 -m venv $(VENV) && \
+	  $(VENV)/bin/pip install -q --disable-pip-version-check -r scripts/contract-requirements.txt && \
+	  cp scripts/contract-requirements.txt $(VENV)/requirements.txt; \
+	fi
+
+# Each fuzz target for FUZZ_SECONDS (default 60) from its corpus in fuzz/corpus/<target>;
+# new inputs it finds are kept there. Stable rustc builds them with RUSTC_BOOTSTRAP=1.
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # target/debian/vmwarden_<version>-1_<arch>.deb (cargo-deb; installs it when missing).
 deb:

@@ -12,6 +12,8 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_install=1
 done
 for t in sqlite3 python3 socat tini setpriv; do command -v "$t" >/dev/null || need_install=1; done
+# The contract tests' virtualenv (schemathesis, openapi-python-client) needs venv and pip.
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_install=1
 
 if [ "$need_install" = 1 ]; then
   if [ -f "$sources" ] && ! grep -q 'bookworm-backports' "$sources"; then
@@ -21,7 +23,7 @@ if [ "$need_install" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q -t bookworm-backports --no-install-recommends "${pkgs[@]}"
-  apt-get install -y -q --no-install-recommends sqlite3 socat python3 tini util-linux
+  apt-get install -y -q --no-install-recommends sqlite3 socat python3 python3-venv tini util-linux
 fi
 
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then

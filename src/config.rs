@@ -233,6 +233,12 @@ pub struct LimitsConfig {
     pub max_streams: usize,
     /// Concurrent event streams of one principal (the acting user, for orchestrators).
     pub max_streams_per_user: usize,
+    /// The most vCPUs a VM may have on this host.
+    pub max_vcpus: u32,
+    /// The most memory (MiB, at least 16) a VM may have on this host.
+    pub max_memory_mib: u64,
+    /// The largest drive (MiB) this host creates.
+    pub max_drive_mib: u64,
 }
 
 impl Default for LimitsConfig {
@@ -245,6 +251,9 @@ impl Default for LimitsConfig {
             max_connections_per_peer: 32,
             max_streams: 1024,
             max_streams_per_user: 8,
+            max_vcpus: 64,
+            max_memory_mib: 1024 * 1024,
+            max_drive_mib: 16 * 1024 * 1024,
         }
     }
 }
@@ -363,6 +372,8 @@ impl Config {
             ),
             ("max_streams", self.limits.max_streams),
             ("max_streams_per_user", self.limits.max_streams_per_user),
+            ("max_vcpus", self.limits.max_vcpus as usize),
+            ("max_drive_mib", self.limits.max_drive_mib as usize),
         ] {
             if n == 0 {
                 return Err(fail("limits", key, "Must be at least 1".into()));
@@ -387,6 +398,13 @@ impl Config {
                 "limits",
                 "max_connections",
                 "Must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_memory_mib < 16 {
+            return Err(fail(
+                "limits",
+                "max_memory_mib",
+                "Must be at least 16".into(),
             ));
         }
         if self.limits.max_body_bytes < 1024 {

@@ -108,7 +108,31 @@ macro_rules! name_type {
                 Self::parse(s)
             }
         }
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                name_schema(Self::PATTERN, $max, concat!("A ", $kind, " name"))
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {}
     };
+}
+
+/// The OpenAPI schema of a name: a string matching its pattern.
+fn name_schema(
+    pattern: &str,
+    max: usize,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::new(Type::String))
+        .pattern(Some(pattern))
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .description(Some(description))
+        .into()
 }
 
 name_type!(
@@ -214,6 +238,20 @@ macro_rules! id_type {
                 Uuid::parse_str(s).map(Self)
             }
         }
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{
+                    KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type,
+                };
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::new(Type::String))
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {}
     };
 }
 id_type!(VmId);
@@ -221,7 +259,7 @@ id_type!(DriveId);
 id_type!(StorageId);
 
 /// A role on a VM (DESIGN 1, "Roles on a VM").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Full control and direct drive access.
@@ -241,7 +279,7 @@ impl Role {
 }
 
 /// Lifecycle state of a VM as vmwarden reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// No domain exists.
@@ -288,27 +326,59 @@ impl VmState {
     }
 }
 
-/// A VM's idle policy; `None` fields inherit the host defaults from `[idle]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A VM's idle policy; absent fields inherit the host defaults from `[idle]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdlePolicy {
     /// Whether idle shutdown applies to this VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// How long the VM must be idle before it is shut down.
+    /// How long the VM must be idle before it is shut down (`30m`, `2h`), within the host's
+    /// bounds.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "opt_duration"
+        with = "opt_api_duration"
     )]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]{1,6}(ms|d|h|m|s)( [0-9]{1,6}(ms|d|h|m|s)){0,4}$", example = "2h")]
     pub after: Option<Duration>,
     /// CPU use (percent of one vCPU-second per second, summed over vCPUs) under which the VM counts as idle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 10000.0)]
     pub cpu_percent: Option<f64>,
 }
 
+impl IdlePolicy {
+    /// Reads a policy as the store keeps it. Rows written before the API had its own
+    /// duration grammar hold humantime spellings ("1day"); they are read with humantime, so
+    /// no stored policy is lost.
+    pub fn from_stored(json: &str) -> Self {
+        #[derive(Deserialize)]
+        struct Legacy {
+            #[serde(default)]
+            enabled: Option<bool>,
+            #[serde(default, with = "opt_duration")]
+            after: Option<Duration>,
+            #[serde(default)]
+            cpu_percent: Option<f64>,
+        }
+        serde_json::from_str(json)
+            .or_else(|_| {
+                serde_json::from_str::<Legacy>(json).map(|l| IdlePolicy {
+                    enabled: l.enabled,
+                    after: l.after,
+                    cpu_percent: l.cpu_percent,
+                })
+            })
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "unreadable stored idle policy; host defaults apply");
+                IdlePolicy::default()
+            })
+    }
+}
+
 /// A registered principal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     /// The Unix user name.
     pub name: UserName,
@@ -406,6 +476,106 @@ pub mod duration {
     }
 }
 
+/// The pattern of a duration in the API: up to five `<number><unit>` parts separated by
+/// single spaces, units `d`, `h`, `m`, `s` and `ms`.
+pub const API_DURATION_PATTERN: &str = "^[0-9]{1,6}(ms|d|h|m|s)( [0-9]{1,6}(ms|d|h|m|s)){0,4}$";
+
+/// Parses a duration in the API's grammar ([`API_DURATION_PATTERN`]). Written by hand because
+/// humantime's grammar is wider than a schema pattern can say ("1 day", "2hours"): the API
+/// takes exactly the language its document names, so a document-valid duration is never
+/// refused as malformed and anything else always is. Six digits per part cannot overflow.
+pub fn parse_api_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "Bad duration {:?}: expected parts like 30m or 1h 30m (units d, h, m, s, ms)",
+            s.chars().take(40).collect::<String>()
+        )
+    };
+    let parts: Vec<&str> = s.split(' ').collect();
+    if parts.len() > 5 {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    for part in parts {
+        let digits = part.bytes().take_while(u8::is_ascii_digit).count();
+        let (n, unit) = part.split_at(digits);
+        if n.is_empty() || n.len() > 6 {
+            return Err(bad());
+        }
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        total += match unit {
+            "d" => Duration::from_secs(n * 86_400),
+            "h" => Duration::from_secs(n * 3_600),
+            "m" => Duration::from_secs(n * 60),
+            "s" => Duration::from_secs(n),
+            "ms" => Duration::from_millis(n),
+            _ => return Err(bad()),
+        };
+    }
+    Ok(total)
+}
+
+/// Writes a duration in the API's grammar: `1d 2h`, `30m`, `0s` (below a millisecond is
+/// dropped).
+pub fn format_api_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs % 86_400 / 3_600, "h"),
+        (secs % 3_600 / 60, "m"),
+        (secs % 60, "s"),
+        (u64::from(d.subsec_millis()), "ms"),
+    ];
+    let out: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, u)| format!("{n}{u}"))
+        .collect();
+    if out.is_empty() {
+        "0s".into()
+    } else {
+        out.join(" ")
+    }
+}
+
+/// serde adapter for durations in API bodies ([`API_DURATION_PATTERN`]).
+pub mod api_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes "1h 30m".
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_api_duration(*d))
+    }
+
+    /// Reads "1h 30m".
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_api_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// serde adapter for optional durations in API bodies.
+pub mod opt_api_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes "10m" or nothing.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_api_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads "10m" (or null).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| super::parse_api_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 /// serde adapter for optional durations.
 pub mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -430,6 +600,55 @@ pub mod opt_duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_durations_take_exactly_the_documented_grammar() {
+        for (text, secs) in [
+            ("30m", 1800.0),
+            ("1h 30m", 5400.0),
+            ("1d", 86400.0),
+            ("250ms", 0.25),
+            ("999999d", 999999.0 * 86400.0),
+            (
+                "1d 25h 61m 61s 1001ms",
+                86400.0 + 90000.0 + 3660.0 + 61.0 + 1.001,
+            ),
+        ] {
+            let d = parse_api_duration(text).unwrap();
+            assert!((d.as_secs_f64() - secs).abs() < 1e-6, "{text}");
+            assert_eq!(parse_api_duration(&format_api_duration(d)).unwrap(), d);
+        }
+        for bad in [
+            "",
+            "1day",
+            "1 h",
+            "1h  30m",
+            "1h,30m",
+            "h",
+            "1234567s",
+            "1h 1h 1h 1h 1h 1h",
+            "-1s",
+            " 1s",
+        ] {
+            assert!(parse_api_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            format_api_duration(Duration::from_secs(90_061)),
+            "1d 1h 1m 1s"
+        );
+        assert_eq!(format_api_duration(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn stored_idle_policies_in_the_old_spelling_still_read() {
+        let p = IdlePolicy::from_stored(r#"{"after":"1day 2h"}"#);
+        assert_eq!(p.after, Some(Duration::from_secs(26 * 3600)));
+        let p = IdlePolicy::from_stored(r#"{"enabled":false,"after":"30m"}"#);
+        assert_eq!(
+            (p.enabled, p.after),
+            (Some(false), Some(Duration::from_secs(1800)))
+        );
+    }
 
     #[test]
     fn names_refuse_xml_and_path_characters() {

@@ -608,7 +608,7 @@ fn key_and_stream_endpoints_allowed_denied_hidden() {
         let r = c
             .req("POST", "/v1/projects/genomics/resplit", Some("root"), None)
             .await;
-        assert_eq!((r.status, r.code()), (423, "project_locked"));
+        assert_eq!((r.status, r.code()), (409, "project_locked"));
         // Unlock: the admin half from a member is denied; a non-member does not see the project.
         let r = c.unlock_half("genomics", "bob", &admin_share).await;
         assert_eq!(r.status, 403, "{r:?}");
@@ -671,13 +671,13 @@ fn idle_policy_edits_stay_within_the_host_bounds() {
         let r = patch("alice", json!({"after": "48h"})).await;
         assert_eq!(
             (r.status, r.code()),
-            (400, "invalid_request"),
+            (409, "idle_out_of_bounds"),
             "beyond max_after: {r:?}"
         );
         let r = patch("alice", json!({"enabled": false})).await;
         assert_eq!(
             (r.status, r.code()),
-            (400, "invalid_request"),
+            (409, "idle_required"),
             "owners_may_disable is false: {r:?}"
         );
         let r = patch("alice", json!({"after": "ten"})).await;
@@ -753,5 +753,56 @@ fn slow_event_reader_is_dropped_without_slowing_others() {
             shared < rounds,
             "the slow reader was not dropped ({shared} events)"
         );
+    });
+}
+
+/// 405 names the allowed methods; HEAD is answered 405 too (with no body); answers of known
+/// size carry Content-Length instead of chunks, event streams stay chunked.
+#[test]
+fn http_details_allow_head_and_content_length() {
+    let rt = rt();
+    rt.block_on(async {
+        let w = world().await;
+        let sock = &w.d.socket;
+        for (method, path, allow) in [
+            ("HEAD", "/v1/vms", "get, post"),
+            ("TRACE", "/v1/me", "get"),
+            ("PUT", "/v1/health", "get"),
+            ("OPTIONS", "/v1/vms/web", "get, patch, delete"),
+            ("QUERY", "/v1/projects/genomics/members/bob", "put, delete"),
+        ] {
+            let (head, body) = raw_head_and_body(sock, method, path);
+            assert!(head.starts_with("http/1.1 405"), "{method} {path}: {head}");
+            assert!(
+                head.contains(&format!("\r\nallow: {allow}")),
+                "{method} {path}: {head}"
+            );
+            if method == "HEAD" {
+                assert!(body.is_empty(), "a HEAD answer carries no body");
+            } else {
+                let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(p["code"], "method_not_allowed");
+            }
+        }
+        for path in ["/v1/health", "/v1/openapi.json", "/v1/vms", "/v1/nope"] {
+            let (head, body) = raw_head_and_body(sock, "GET", path);
+            assert!(!head.contains("transfer-encoding"), "{path}: {head}");
+            assert!(
+                head.contains(&format!("\r\ncontent-length: {}", body.len())),
+                "{path}: {head}"
+            );
+        }
+        let (head, _) = {
+            // An event stream has no length: it is chunked, and this client reads only its head.
+            use std::io::{Read, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+            s.write_all(b"GET /v1/events HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            (String::from_utf8_lossy(&buf[..n]).to_lowercase(), ())
+        };
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
     });
 }

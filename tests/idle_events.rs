@@ -290,7 +290,7 @@ fn short_idle_period_warns_first_and_shuts_down_once() {
             )
         };
         let r = patch("1s").await;
-        assert_eq!((r.status, r.code()), (400, "invalid_request"), "{r:?}");
+        assert_eq!((r.status, r.code()), (409, "idle_out_of_bounds"), "{r:?}");
         assert_eq!(patch("3s").await.status, 200);
         let mut ev = Events::open(&c, "alice").await;
         assert_eq!(

@@ -45,7 +45,7 @@ fn encrypted_drive_boots_and_prints_marker_with_no_secret_left() {
 }
 
 #[test]
-fn locked_project_refuses_launch_with_423_and_no_domain() {
+fn locked_project_refuses_launch_with_409_project_locked_and_no_domain() {
     rt().block_on(async {
         let w = setup(Opts::default(), "LOCKED").await;
         let (c, s, drv, vm) = (
@@ -57,7 +57,7 @@ fn locked_project_refuses_launch_with_423_and_no_domain() {
         let r = c.lock("genomics", "alice").await;
         assert_eq!((r.status, r.body["locked"].as_bool()), (200, Some(true)));
         let r = c.start(&vm, "alice").await;
-        assert_eq!((r.status, r.code()), (423, "project_locked"), "{r:?}");
+        assert_eq!((r.status, r.code()), (409, "project_locked"), "{r:?}");
         let detail = r.body["detail"].as_str().unwrap();
         assert!(
             detail.contains("admin share") && detail.contains("member share"),
@@ -68,7 +68,7 @@ fn locked_project_refuses_launch_with_423_and_no_domain() {
         let r = c.unlock_half("genomics", "root", &s.admin).await;
         assert_eq!(r.status, 200);
         let r = c.start(&vm, "alice").await;
-        assert_eq!(r.status, 423);
+        assert_eq!((r.status, r.code()), (409, "project_locked"));
         assert!(
             r.body["detail"]
                 .as_str()
@@ -85,7 +85,7 @@ fn locked_project_refuses_launch_with_423_and_no_domain() {
                 Some(json!({"project": "genomics", "name": "x", "size_mib": 16})),
             )
             .await;
-        assert_eq!(r.status, 423);
+        assert_eq!((r.status, r.code()), (409, "project_locked"));
         assert!(our_secrets(&[&drv]).is_empty());
     });
 }

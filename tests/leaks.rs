@@ -239,7 +239,7 @@ fn the_daemons_name_is_reserved() {
                 Some(json!({"team": "ops"})),
             )
             .await;
-        assert_eq!((r.status, r.code()), (400, "invalid_request"), "{r:?}");
+        assert_eq!((r.status, r.code()), (409, "name_reserved"), "{r:?}");
         let users = c.get("/v1/users", "root").await;
         assert!(!String::from_utf8_lossy(&users.raw).contains("vmwardend"));
     });

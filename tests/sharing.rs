@@ -397,7 +397,13 @@ fn owner_removed_from_the_project_hands_over_and_loses_sight() {
         assert_eq!((r.status, r.code()), (409, "member_owns"), "{r:?}");
         assert!(raw_has(&r, vm) && raw_has(&r, &w.drive), "{r:?}");
         let r = remove("?force=true").await;
-        assert_eq!((r.status, r.code()), (400, "invalid_request"), "{r:?}");
+        assert_eq!((r.status, r.code()), (409, "member_owns"), "{r:?}");
+        let r = remove("?force=true&transfer_to=alice").await;
+        assert_eq!(
+            (r.status, r.code()),
+            (409, "member_owns"),
+            "to themselves: {r:?}"
+        );
         let r = remove("?force=true&transfer_to=dave").await;
         assert_eq!((r.status, r.code()), (409, "team_mismatch"), "{r:?}");
         let r = remove("?force=true&transfer_to=erin").await;

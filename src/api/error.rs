@@ -24,8 +24,13 @@ pub enum ApiError {
     #[error("No route for {0}")]
     NoRoute(String),
     /// The route exists with other methods.
-    #[error("Method {0} not allowed here")]
-    Method(String),
+    #[error("Method {method} not allowed here; allowed: {allow}")]
+    Method {
+        /// The method asked for.
+        method: String,
+        /// The methods the path takes, for the `Allow` header.
+        allow: String,
+    },
     /// The peer's uid has no user name.
     #[error("Peer uid {0} has no user name on this host")]
     UnknownPeer(u32),
@@ -41,7 +46,7 @@ pub enum ApiError {
 }
 
 /// The problem+json body (RFC 9457).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type")]
@@ -65,7 +70,7 @@ pub fn status_and_code(e: &ApiError) -> (StatusCode, &'static str) {
         ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
         ApiError::BodyTimeout => (S::REQUEST_TIMEOUT, "body_timeout"),
         ApiError::NoRoute(_) => (S::NOT_FOUND, "no_route"),
-        ApiError::Method(_) => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        ApiError::Method { .. } => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
         ApiError::UnknownPeer(_) => (S::FORBIDDEN, "unregistered"),
         ApiError::BadActingUser(_) => (S::BAD_REQUEST, "invalid_parameter"),
         ApiError::TooManyStreams(_) => (S::TOO_MANY_REQUESTS, "too_many_streams"),
@@ -93,14 +98,14 @@ fn service_status(e: &ServiceError) -> StatusCode {
         ServiceError::Invalid(_) => S::BAD_REQUEST,
         ServiceError::NotFound(_) => S::NOT_FOUND,
         ServiceError::Conflict { .. } => S::CONFLICT,
-        ServiceError::Locked(_) => S::LOCKED,
+        ServiceError::Locked(_) => S::CONFLICT,
         ServiceError::Share(k) => match k {
             KeyError::Malformed => S::BAD_REQUEST,
             KeyError::WrongSubmitter(..) => S::FORBIDDEN,
             KeyError::InvalidShare
             | KeyError::HalfAlreadyPending(..)
             | KeyError::SamePrincipal(_) => S::CONFLICT,
-            KeyError::Locked { .. } => S::LOCKED,
+            KeyError::Locked { .. } => S::CONFLICT,
             KeyError::Unwrap(_) => S::INTERNAL_SERVER_ERROR,
         },
         ServiceError::SecretCorrupt(_) => S::INTERNAL_SERVER_ERROR,
@@ -147,6 +152,12 @@ impl ApiError {
     }
 }
 
+/// Every (status, code) pair the mapping gives, for the document's tests.
+#[cfg(test)]
+pub(crate) fn every_status_and_code() -> Vec<(u16, &'static str)> {
+    tests::table().into_iter().map(|(_, s, c)| (s, c)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,19 +171,25 @@ mod tests {
         }))
     }
 
-    /// One row per branch of `status_and_code`.
-    #[test]
-    fn every_error_maps_to_its_status_and_code() {
+    /// One row per branch of `status_and_code` (and per conflict code).
+    pub(crate) fn table() -> Vec<(ApiError, u16, &'static str)> {
         let svc = ApiError::Service;
         let hv = |h| ApiError::Service(ServiceError::Hypervisor(h));
         let share = |k| ApiError::Service(ServiceError::Share(k));
-        let rows: Vec<(ApiError, u16, &str)> = vec![
+        let mut rows: Vec<(ApiError, u16, &'static str)> = vec![
             (ApiError::BadJson("x".into()), 400, "invalid_body"),
             (ApiError::BadParam("x".into()), 400, "invalid_parameter"),
             (ApiError::TooLarge(1), 413, "body_too_large"),
             (ApiError::BodyTimeout, 408, "body_timeout"),
             (ApiError::NoRoute("x".into()), 404, "no_route"),
-            (ApiError::Method("x".into()), 405, "method_not_allowed"),
+            (
+                ApiError::Method {
+                    method: "x".into(),
+                    allow: "GET".into(),
+                },
+                405,
+                "method_not_allowed",
+            ),
             (ApiError::UnknownPeer(7), 403, "unregistered"),
             (
                 ApiError::BadActingUser("x".into()),
@@ -225,7 +242,7 @@ mod tests {
                 409,
                 "no_drive",
             ),
-            (svc(ServiceError::Locked("x".into())), 423, "project_locked"),
+            (svc(ServiceError::Locked("x".into())), 409, "project_locked"),
             (share(KeyError::Malformed), 400, "malformed_share"),
             (
                 share(KeyError::WrongSubmitter("a", "b")),
@@ -248,7 +265,7 @@ mod tests {
                     project: "p".into(),
                     waiting: "w".into(),
                 }),
-                423,
+                409,
                 "project_locked",
             ),
             (
@@ -339,7 +356,22 @@ mod tests {
             ),
             (svc(ServiceError::Task), 500, "internal"),
         ];
-        for (e, status, code) in rows {
+        for c in crate::service::ConflictCode::ALL {
+            rows.push((
+                svc(ServiceError::Conflict {
+                    code: *c,
+                    message: "x".into(),
+                }),
+                409,
+                c.as_str(),
+            ));
+        }
+        rows
+    }
+
+    #[test]
+    fn every_error_maps_to_its_status_and_code() {
+        for (e, status, code) in table() {
             let (s, c) = status_and_code(&e);
             assert_eq!((s.as_u16(), c), (status, code), "{e:?}");
         }

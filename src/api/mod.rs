@@ -25,6 +25,7 @@
 pub mod conn;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod routes;
 

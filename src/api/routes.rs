@@ -9,7 +9,7 @@ use crate::service::{CreatedProject, Delivery, Principal, Service, StopStarted};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -104,6 +104,8 @@ pub struct State {
     vms_cache: Mutex<HashMap<UserName, (u64, Bytes)>>,
     pub(super) slots: Slots,
     pub(super) metrics: super::metrics::Metrics,
+    /// The OpenAPI document, rendered once.
+    openapi: Bytes,
 }
 
 impl State {
@@ -111,6 +113,7 @@ impl State {
     pub fn new(svc: Arc<Service>) -> Self {
         Self {
             slots: Slots::new(&svc.config().limits),
+            openapi: bytes_of(&super::openapi::document(svc.config())),
             svc,
             closing: watch::channel(false).0,
             users_by_uid: Mutex::new(HashMap::new()),
@@ -148,9 +151,6 @@ impl State {
     }
 }
 
-/// The OpenAPI document served at /v1/openapi.json.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
 fn bytes_of<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(v).expect("DTOs serialize"))
 }
@@ -177,16 +177,36 @@ fn problem(e: &ApiError) -> Response<ApiBody> {
     if let Some(s) = retry {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
     }
+    if let ApiError::Method { allow, .. } = e {
+        if let Ok(v) = HeaderValue::from_str(allow) {
+            r.headers_mut().insert(ALLOW, v);
+        }
+    }
     r
 }
 
-#[derive(Serialize)]
-struct Created<'a> {
+/// The answer to `POST /v1/projects` and `POST /v1/projects/{project}/resplit`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedProjectView<'a> {
+    /// The project.
     #[serde(flatten)]
     project: &'a crate::service::ProjectView,
+    /// The admin half of the key, shown this once.
+    #[schema(pattern = "^vmw-admin-[A-Za-z0-9_-]{43}$")]
     admin_share: &'a str,
+    /// The member half of the key, shown this once.
+    #[schema(pattern = "^vmw-member-[A-Za-z0-9_-]{43}$")]
     member_share: &'a str,
+    /// What to do with them.
     note: &'static str,
+}
+
+impl std::fmt::Debug for CreatedProjectView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedProjectView")
+            .field("project", &self.project.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The one answer that carries shares: delivered through the connection so the service
@@ -194,7 +214,7 @@ struct Created<'a> {
 fn created_project(c: CreatedProject, conn: &ConnCtx) -> Response<ApiBody> {
     let a = std::str::from_utf8(c.admin_share.expose()).expect("ascii token");
     let m = std::str::from_utf8(c.member_share.expose()).expect("ascii token");
-    let body = bytes_of(&Created {
+    let body = bytes_of(&CreatedProjectView {
         project: &c.project,
         admin_share: a,
         member_share: m,
@@ -269,6 +289,9 @@ pub async fn handle(
     let resp = resp.unwrap_or_else(|e| {
         let (status, c) = super::error::status_and_code(&e);
         code = c;
+        if cfg!(debug_assertions) && !declared(&method, route, status.as_u16(), Some(c)) {
+            return undeclared(&method, route, status.as_u16(), c);
+        }
         if status.is_server_error() {
             tracing::warn!(route, %status, code, error = %e, "request failed");
         } else {
@@ -276,6 +299,14 @@ pub async fn handle(
         }
         problem(&e)
     });
+    let resp = if cfg!(debug_assertions)
+        && resp.status().is_success()
+        && !declared(&method, route, resp.status().as_u16(), None)
+    {
+        undeclared(&method, route, resp.status().as_u16(), "ok")
+    } else {
+        resp
+    };
     st.metrics.record(
         &method,
         route,
@@ -291,6 +322,29 @@ pub async fn handle(
         "request"
     );
     resp
+}
+
+fn declared(method: &Method, route: &str, status: u16, code: Option<&str>) -> bool {
+    super::openapi::declared(method.as_str(), route, status, code)
+}
+
+/// Debug builds only: an answer the OpenAPI document does not declare for its route becomes a
+/// loud 500, so that any test that meets it fails and names the gap.
+fn undeclared(method: &Method, route: &str, status: u16, code: &str) -> Response<ApiBody> {
+    tracing::error!(%method, route, status, code, "answer not declared in the OpenAPI document");
+    let body = serde_json::json!({
+        "type": "https://vmwarden.invalid/problems/undeclared",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": format!("{method} {route} answered {status} {code}, which its OpenAPI entry does not declare"),
+        "code": "undeclared",
+    });
+    let mut r = json(StatusCode::INTERNAL_SERVER_ERROR, &body);
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
 }
 
 /// Steps 3-6 of the request flow (see the module doc of `api`). Returns the route label.
@@ -311,10 +365,7 @@ async fn dispatch(
         (&Method::GET, "/v1/openapi.json") => {
             return (
                 "/v1/openapi.json",
-                Ok(json_bytes(
-                    StatusCode::OK,
-                    Bytes::from_static(OPENAPI.as_bytes()),
-                )),
+                Ok(json_bytes(StatusCode::OK, st.openapi.clone())),
             )
         }
         _ => {}

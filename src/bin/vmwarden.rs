@@ -370,7 +370,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     b.insert("memory_mib".into(), json!(m));
                 }
                 if let Some(a) = idle_after {
-                    b.insert("idle".into(), json!({"after": a}));
+                    // Any humantime spelling ("90min", "1 day") on the command line; the API
+                    // takes its own narrower grammar.
+                    let d = vmwarden::model::parse_duration(&a)
+                        .map_err(|e| anyhow::anyhow!("--idle-after: {e}"))?;
+                    b.insert(
+                        "idle".into(),
+                        json!({"after": vmwarden::model::format_api_duration(d)}),
+                    );
                 }
                 (M::PATCH, format!("/v1/vms/{id}"), body(Value::Object(b)))
             }

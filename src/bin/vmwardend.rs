@@ -51,6 +51,12 @@ async fn run(
     passed: Option<std::os::unix::net::UnixListener>,
     notifier: Arc<daemon::Notifier>,
 ) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives once the socket answers (or even before READY)
+    // must shut down cleanly, not kill the process with the default action.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("Cannot install the SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("Cannot install the SIGINT handler")?;
     let state_dir = &cfg.daemon.state_dir;
     if !state_dir.exists() {
         std::fs::create_dir_all(state_dir)
@@ -179,11 +185,9 @@ async fn run(
         });
     }
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
         tokio::select! {
             _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
+            _ = int.recv() => {},
         }
         tracing::info!("shutting down");
         notifier.stopping();

@@ -70,7 +70,7 @@ impl KeyError {
 }
 
 /// Which half of the key a share is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Half {
     /// A, held by the creating admin.
@@ -197,6 +197,21 @@ fn token(label: &str, k: &Key32) -> SecretBytes {
     SecretBytes::new(s.as_bytes().to_vec())
 }
 
+/// Decodes a share's body: URL-safe base64 without padding, as written, but accepting any
+/// value in the unused low bits of the last character. The document gives a share as
+/// `[A-Za-z0-9_-]{43}`, and every string of that form is then a well-formed share (it is
+/// the key check that refuses a wrong one).
+const SHARE_DECODER: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+);
+
+/// The pattern of a share token, as the OpenAPI document gives it.
+pub const SHARE_PATTERN: &str = "^vmw-(admin|member)-[A-Za-z0-9_-]{43}$";
+
 /// Parses a labelled share token.
 pub fn parse_share(token: &[u8]) -> Result<(Half, Key32), KeyError> {
     let text = std::str::from_utf8(token)
@@ -210,7 +225,7 @@ pub fn parse_share(token: &[u8]) -> Result<(Half, Key32), KeyError> {
         return Err(KeyError::Malformed);
     };
     let raw = Zeroizing::new(
-        URL_SAFE_NO_PAD
+        SHARE_DECODER
             .decode(body)
             .map_err(|_| KeyError::Malformed)?,
     );
@@ -232,12 +247,34 @@ pub fn combine(admin_token: &[u8], member_token: &[u8]) -> Result<Key32, KeyErro
 /// The stored verifier: HMAC-SHA256 under K of a fixed label and the project name. It proves
 /// a rebuilt K is right without revealing anything about K.
 pub fn verifier(key: &Key32, project: &ProjectName) -> Vec<u8> {
-    verifier_mac(key, project).finalize().into_bytes().to_vec()
+    scrubbed(|| verifier_mac(key, project).finalize().into_bytes().to_vec())
 }
 
 /// Compares in constant time.
 fn verify(key: &Key32, project: &ProjectName, stored: &[u8]) -> bool {
-    verifier_mac(key, project).verify_slice(stored).is_ok()
+    scrubbed(|| verifier_mac(key, project).verify_slice(stored).is_ok())
+}
+
+/// Runs `f` (which builds a cipher or a MAC from K), then overwrites the stack below the
+/// caller's frame. A key schedule is built on the stack and moved (AES-256's first two round
+/// keys are K itself, HMAC pads K into a block): the cipher zeroizes itself when dropped, but
+/// the frames it was built and moved through are dead memory that keeps those bytes until
+/// something else runs as deep. Hand-written: the one crate that did this, `clear_on_drop`,
+/// is unmaintained.
+fn scrubbed<T>(f: impl FnOnce() -> T) -> T {
+    #[inline(never)]
+    fn run<T>(f: impl FnOnce() -> T) -> T {
+        f()
+    }
+    #[inline(never)]
+    fn scrub() {
+        let mut below = [0u8; 32 * 1024];
+        below.zeroize();
+        std::hint::black_box(&below);
+    }
+    let out = run(f);
+    scrub();
+    out
 }
 
 fn verifier_mac(key: &Key32, project: &ProjectName) -> Hmac<Sha256> {
@@ -266,6 +303,10 @@ pub fn new_passphrase() -> SecretBytes {
 /// Wraps a passphrase: version byte, 96-bit random nonce, AES-256-GCM ciphertext and tag,
 /// with the project name and drive id as associated data.
 pub fn wrap(key: &Key32, project: &ProjectName, drive: &str, passphrase: &SecretBytes) -> Vec<u8> {
+    scrubbed(|| wrap_with(key, project, drive, passphrase))
+}
+
+fn wrap_with(key: &Key32, project: &ProjectName, drive: &str, passphrase: &SecretBytes) -> Vec<u8> {
     let cipher = Aes256Gcm::new_from_slice(&key.0[..]).expect("32-byte key");
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -287,6 +328,15 @@ pub fn wrap(key: &Key32, project: &ProjectName, drive: &str, passphrase: &Secret
 
 /// Unwraps a passphrase into zeroizing memory; any alteration fails authentication.
 pub fn unwrap(
+    key: &Key32,
+    project: &ProjectName,
+    drive: &str,
+    wrapped: &[u8],
+) -> Result<SecretBytes, KeyError> {
+    scrubbed(|| unwrap_with(key, project, drive, wrapped))
+}
+
+fn unwrap_with(
     key: &Key32,
     project: &ProjectName,
     drive: &str,
@@ -321,7 +371,7 @@ pub struct Submitter {
 }
 
 /// A project's unlock state, reported by `GET /v1/projects` and the unlock answer.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct LockStatus {
     /// Whether K is absent from memory.
     pub locked: bool,

@@ -292,3 +292,35 @@ fn secrets_are_redacted_in_debug() {
     assert!(!s.contains("vmw-"), "{s}");
     assert_eq!(s.matches("[REDACTED]").count(), 4, "{s}");
 }
+
+/// Every string of the documented share form is a well-formed share, whatever its last
+/// character's unused bits hold; the key check, not the parser, refuses a wrong one.
+#[test]
+fn every_token_of_the_documented_form_parses() {
+    let re = regex_lite_match;
+    for last in "AQgw_-Zz".chars() {
+        for label in ["vmw-admin-", "vmw-member-"] {
+            let token = format!("{label}{}{last}", "B".repeat(42));
+            assert!(re(&token), "{token}");
+            let (half, _) = parse_share(token.as_bytes()).unwrap();
+            assert_eq!(half == Half::Admin, label == "vmw-admin-");
+        }
+    }
+    assert_eq!(
+        parse_share(format!("vmw-admin-{}", "B".repeat(44)).as_bytes()).unwrap_err(),
+        KeyError::Malformed
+    );
+}
+
+/// `SHARE_PATTERN`, checked by hand for the test (the crate has no regex engine).
+fn regex_lite_match(s: &str) -> bool {
+    assert_eq!(SHARE_PATTERN, "^vmw-(admin|member)-[A-Za-z0-9_-]{43}$");
+    let body = s
+        .strip_prefix("vmw-admin-")
+        .or_else(|| s.strip_prefix("vmw-member-"));
+    body.is_some_and(|b| {
+        b.len() == 43
+            && b.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    })
+}

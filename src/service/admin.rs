@@ -49,10 +49,10 @@ impl Service {
     pub async fn put_user(&self, p: &Principal, user: User) -> Result<Changed<User>> {
         self.check(p, &Action::Admin(AdminAction::ManageUsers), "")?;
         if user.name.is_reserved() {
-            return Err(ServiceError::Invalid(format!(
-                "The name {} is reserved for the daemon itself",
-                user.name
-            )));
+            return Err(conflict(
+                ConflictCode::NameReserved,
+                format!("The name {} is reserved for the daemon itself", user.name),
+            ));
         }
         let actor = p.clone();
         let u = user.clone();

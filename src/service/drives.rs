@@ -18,9 +18,10 @@ impl Service {
             project_member: f.member,
         };
         f.gate(self, p, &action)?;
-        if size_mib == 0 || size_mib > MAX_DRIVE_MIB {
+        let max = self.cfg.limits.max_drive_mib;
+        if size_mib == 0 || size_mib > max {
             return Err(ServiceError::Invalid(format!(
-                "Field size_mib must be between 1 and {MAX_DRIVE_MIB}"
+                "Field size_mib must be between 1 and {max}"
             )));
         }
         let _shared = self.project_lock(&project).read_owned().await;

@@ -25,6 +25,14 @@ codes! {
         ChangedMeanwhile = "changed_meanwhile",
         /// A name or id prefix names more than one object the caller sees.
         Ambiguous = "ambiguous",
+        /// An idle timeout outside the host's bounds.
+        IdleOutOfBounds = "idle_out_of_bounds",
+        /// Owners may not disable idle shutdown on this host.
+        IdleRequired = "idle_required",
+        /// The caller has no team, so cannot own a VM.
+        NoTeam = "no_team",
+        /// The name belongs to the daemon.
+        NameReserved = "name_reserved",
     }
 }
 

@@ -107,9 +107,10 @@ impl Service {
             });
         }
         if d.attached_to != Some(id) {
-            return Err(ServiceError::NotFound(format!(
-                "Drive {drive} is not attached to VM {id}"
-            )));
+            return Err(conflict(
+                ConflictCode::DriveAttached,
+                format!("Drive {drive} is attached to another VM, not to VM {id}"),
+            ));
         }
         if self.hv(move |h| h.is_running(id)).await? {
             let t = self.cfg.libvirt.detach_timeout;

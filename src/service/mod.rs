@@ -48,12 +48,8 @@ use drives::prepare_drives_dir;
 use errors::{conflict, deny, holdings_conflict, role_denial, stopping_conflict};
 use vms::drive_fits;
 
-/// Bounds the API accepts for VM sizes; wider values are refused before libvirt sees them.
-pub const MAX_VCPUS: u32 = 64;
-/// Upper bound on memory per VM.
-pub const MAX_MEMORY_MIB: u64 = 1024 * 1024;
-/// Upper bound on drive size (16 TiB).
-pub const MAX_DRIVE_MIB: u64 = 16 * 1024 * 1024;
+/// The least memory a VM may have (the upper bounds are the host's, in `[limits]`).
+pub const MIN_MEMORY_MIB: u64 = 16;
 
 /// How long a start whose libvirt connection broke waits for libvirt to answer again, to
 /// learn whether the domain was created.

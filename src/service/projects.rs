@@ -31,7 +31,7 @@ impl Service {
         .await
         .map_err(|e| match e {
             ServiceError::Store(StoreError::Missing("User", u)) => {
-                ServiceError::Invalid(format!("User {u} is not registered"))
+                deny(Denial::Hidden(Hidden::User), &u)
             }
             e => e,
         })?;
@@ -123,7 +123,7 @@ impl Service {
                 deny(Denial::Hidden(Hidden::Project), project.as_str())
             }
             ServiceError::Store(StoreError::Missing("User", u)) => {
-                ServiceError::Invalid(format!("User {u} is not registered"))
+                deny(Denial::Hidden(Hidden::User), &u)
             }
             e => e,
         })
@@ -141,11 +141,6 @@ impl Service {
     ) -> Result<Change> {
         self.check(p, &Action::Admin(AdminAction::ManageMembers), "")?;
         self.project_row(p, &project).await?;
-        if exit.transfer_to.as_ref() == Some(&user) {
-            return Err(ServiceError::Invalid(format!(
-                "transfer_to must name another member than {user}"
-            )));
-        }
         let actor = p.clone();
         let (pr, u) = (project.clone(), user.clone());
         let removal: MemberRemoval = self
@@ -279,10 +274,15 @@ pub(super) fn judge_exit(
     if sole_vms.is_empty() && !sole_drives {
         return Ok(());
     }
-    let Some(t) = transfer_to else {
-        return refuse(ServiceError::Invalid(format!(
-            "{user} alone owns VMs or drives in this project: name who takes them with transfer_to"
-        )));
+    // Handing their things to themselves hands nothing over: the same refusal as naming
+    // nobody.
+    let Some(t) = transfer_to.filter(|t| *t != user) else {
+        return refuse(conflict(
+            ConflictCode::MemberOwns,
+            format!(
+                "{user} alone owns VMs or drives in this project: name another member to take them with transfer_to"
+            ),
+        ));
     };
     match &h.transfer {
         Some((u, _)) if sole_vms.iter().any(|team| **team != u.team) => {

@@ -273,7 +273,8 @@ fn codes_render_to_their_stable_strings() {
     assert_eq!(
         render(ConflictCode::ALL.iter().map(|c| c.as_str()).collect()),
         "vm_running vm_stopping no_drive drive_attached project_mismatch user_has_roles \
-         project_not_empty member_owns changed_meanwhile ambiguous"
+         project_not_empty member_owns changed_meanwhile ambiguous idle_out_of_bounds \
+         idle_required no_team name_reserved"
     );
     assert_eq!(
         render(EventKind::ALL.iter().map(|c| c.as_str()).collect()),

@@ -4,7 +4,7 @@
 use super::*;
 
 /// `GET /v1/health`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// `ok` or `degraded`.
     pub status: &'static str,
@@ -15,7 +15,7 @@ pub struct Health {
 }
 
 /// `GET /v1/me`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Me {
     /// Principal name.
     pub name: UserName,
@@ -28,7 +28,7 @@ pub struct Me {
 }
 
 /// A project as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProjectView {
     /// Name.
     pub name: ProjectName,
@@ -71,7 +71,7 @@ pub struct CreatedProject {
 }
 
 /// A drive as its owners see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DriveView {
     /// Id.
     pub id: DriveId,
@@ -101,7 +101,7 @@ impl From<Drive> for DriveView {
 }
 
 /// A VM as a role holder sees it; `drives` only for owners.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VmView {
     /// Id.
     pub id: VmId,
@@ -158,12 +158,13 @@ impl VmView {
 }
 
 /// Where a running VM's idle clock stands.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IdleStatus {
     /// Whether idle shutdown applies to this VM.
     pub enabled: bool,
     /// The idle period in force.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::model::api_duration")]
+    #[schema(value_type = String, example = "2h")]
     pub after: Duration,
     /// Idle since (ms since the epoch), if idle.
     pub idle_since_ms: Option<i64>,
@@ -172,7 +173,7 @@ pub struct IdleStatus {
 }
 
 /// `GET /v1/host/vms` row: no drive details.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HostVm {
     /// Id.
     pub id: VmId,
@@ -193,7 +194,7 @@ pub struct HostVm {
 }
 
 /// `GET /v1/vms/{id}/members`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Members {
     /// Owners ("Managers").
     pub owners: Vec<UserName>,
@@ -202,8 +203,8 @@ pub struct Members {
 }
 
 /// Answer of a mutation that may have been a no-op.
-#[derive(Debug, Serialize)]
-pub struct Changed<T: Serialize> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Changed<T: Serialize + utoipa::ToSchema> {
     /// What the call did.
     pub change: Change,
     /// The resulting object.

@@ -20,15 +20,26 @@ impl Service {
         Ok(VmView::of(vm, role, drives, idle_status))
     }
 
-    pub(super) fn check_size(vcpus: u32, memory_mib: u64) -> Result<()> {
-        if vcpus == 0 || vcpus > MAX_VCPUS {
+    pub(super) fn check_size(&self, vcpus: u32, memory_mib: u64) -> Result<()> {
+        self.check_vcpus(vcpus)?;
+        self.check_memory(memory_mib)
+    }
+
+    fn check_vcpus(&self, vcpus: u32) -> Result<()> {
+        let max = self.cfg.limits.max_vcpus;
+        if vcpus == 0 || vcpus > max {
             return Err(ServiceError::Invalid(format!(
-                "Field vcpus must be between 1 and {MAX_VCPUS}"
+                "Field vcpus must be between 1 and {max}"
             )));
         }
-        if !(16..=MAX_MEMORY_MIB).contains(&memory_mib) {
+        Ok(())
+    }
+
+    fn check_memory(&self, memory_mib: u64) -> Result<()> {
+        let max = self.cfg.limits.max_memory_mib;
+        if !(MIN_MEMORY_MIB..=max).contains(&memory_mib) {
             return Err(ServiceError::Invalid(format!(
-                "Field memory_mib must be between 16 and {MAX_MEMORY_MIB}"
+                "Field memory_mib must be between {MIN_MEMORY_MIB} and {max}"
             )));
         }
         Ok(())
@@ -37,16 +48,22 @@ impl Service {
     pub(super) fn check_idle(&self, idle: &IdlePolicy) -> Result<()> {
         if let Some(after) = idle.after {
             let min = self.cfg.idle.sample_interval * 2;
+            // The bounds are the host's, not the document's: a duration the schema accepts may
+            // still be outside them, which is a conflict with this host (409), not bad input.
             if after > self.cfg.idle.max_after || after < min {
-                return Err(ServiceError::Invalid(format!(
-                    "Field idle.after must be between {} (two samples) and {}",
-                    crate::config::format_duration(min),
-                    crate::config::format_duration(self.cfg.idle.max_after)
-                )));
+                return Err(conflict(
+                    ConflictCode::IdleOutOfBounds,
+                    format!(
+                        "Field idle.after must be between {} (two samples) and {}",
+                        crate::model::format_api_duration(min),
+                        crate::model::format_api_duration(self.cfg.idle.max_after)
+                    ),
+                ));
             }
         }
         if idle.enabled == Some(false) && !self.cfg.idle.owners_may_disable {
-            return Err(ServiceError::Invalid(
+            return Err(conflict(
+                ConflictCode::IdleRequired,
                 "This host does not let owners disable idle shutdown".into(),
             ));
         }
@@ -67,19 +84,20 @@ impl Service {
             project_member: f.member,
         };
         f.gate(self, p, &action)?;
-        Self::check_size(req.vcpus, req.memory_mib)?;
+        self.check_size(req.vcpus, req.memory_mib)?;
         let idle = req.idle.unwrap_or_default();
         self.check_idle(&idle)?;
         let Some(team) = p.team.clone() else {
-            return Err(ServiceError::Invalid(
+            return Err(conflict(
+                ConflictCode::NoTeam,
                 "Register with a team before creating VMs".into(),
             ));
         };
+        // One drive named twice (by name and by id, say) is attached once.
+        let mut drives = req.drives;
         let mut seen = std::collections::HashSet::new();
-        for d in &req.drives {
-            if !seen.insert(*d) {
-                return Err(ServiceError::Invalid(format!("Drive {d} is listed twice")));
-            }
+        drives.retain(|d| seen.insert(*d));
+        for d in &drives {
             let row = self.drive_for(p, *d).await?;
             drive_fits(&row.drive, &req.project, None)?;
         }
@@ -92,7 +110,7 @@ impl Service {
             memory_mib: req.memory_mib,
             owners: vec![p.name.clone()],
             users: vec![],
-            drives: req.drives,
+            drives,
             idle,
             state: VmState::Stopped,
             state_reason: "created".into(),
@@ -186,11 +204,20 @@ impl Service {
         let slot = self.vm_slot(id);
         let _g = slot.op.lock().await;
         let vm = self.vm_checked(p, id, VmAction::Update).await?;
+        // Only what the patch sets is judged: a VM made before the host lowered its limits
+        // keeps its size and policy until its owner changes them.
+        if let Some(v) = patch.vcpus {
+            self.check_vcpus(v)?;
+        }
+        if let Some(m) = patch.memory_mib {
+            self.check_memory(m)?;
+        }
+        if let Some(idle) = &patch.idle {
+            self.check_idle(idle)?;
+        }
         let vcpus = patch.vcpus.unwrap_or(vm.vcpus);
         let memory = patch.memory_mib.unwrap_or(vm.memory_mib);
-        Self::check_size(vcpus, memory)?;
         let idle = patch.idle.unwrap_or(vm.idle.clone());
-        self.check_idle(&idle)?;
         let actor = p.clone();
         let i2 = idle.clone();
         let change = self

@@ -21,7 +21,7 @@ pub struct AuditCtx<'a> {
 }
 
 /// One audit row.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Monotonic id.
     pub id: i64,

@@ -128,7 +128,7 @@ impl<E: From<StoreError>> From<rusqlite::Error> for Refusal<E> {
 }
 
 /// What an idempotent mutation did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Change {
     /// Nothing to do; the state already matched.

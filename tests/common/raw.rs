@@ -149,3 +149,25 @@ pub fn as_uid(uid: u32, socket: &Path, request: &[u8]) -> String {
     child.stdin.take().unwrap().write_all(&req).unwrap();
     String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
 }
+
+/// Sends `method path` with `connection: close` and reads to the end: the response head
+/// (lowercase) and the body bytes exactly as they came.
+pub fn raw_head_and_body(socket: &Path, method: &str, path: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    (
+        String::from_utf8_lossy(&buf[..end]).to_lowercase(),
+        buf[end + 4..].to_vec(),
+    )
+}

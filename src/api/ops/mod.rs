@@ -53,8 +53,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Finds the route pattern for a path, and the path parameters.
 pub fn match_route(method: &Method, path: &str) -> Result<(&'static str, Vec<String>), ApiError> {
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let mut path_known = false;
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let mut allow: Vec<&str> = vec![];
     for (m, pat) in ROUTES {
         let psegs: Vec<&str> = pat.split('/').skip(1).collect();
         if psegs.len() != segs.len() {
@@ -70,14 +70,17 @@ pub fn match_route(method: &Method, path: &str) -> Result<(&'static str, Vec<Str
             }
         });
         if ok {
-            path_known = true;
             if *m == method.as_str() {
                 return Ok((pat, params));
             }
+            allow.push(m);
         }
     }
-    if path_known {
-        Err(ApiError::Method(method.to_string()))
+    if !allow.is_empty() {
+        Err(ApiError::Method {
+            method: method.as_str().chars().take(20).collect(),
+            allow: allow.join(", "),
+        })
     } else {
         Err(ApiError::NoRoute(path.chars().take(200).collect()))
     }
@@ -221,29 +224,93 @@ impl Op {
     }
 }
 
-#[derive(Deserialize)]
+/// JSON Schema counts `2.0` as an integer and generators send it; serde's integer types
+/// refuse it. The fields the document calls integers take both spellings (and nothing with
+/// a fraction).
+mod whole {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    fn number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        if let Some(v) = n.as_u64() {
+            return Ok(v);
+        }
+        match n.as_f64() {
+            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => Ok(f as u64),
+            _ => Err(D::Error::custom(format!(
+                "expected a whole number, got {n}"
+            ))),
+        }
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = number(d)?;
+        u32::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        number(d)
+    }
+
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(deserialize_with = "u32")] u32);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
+
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(deserialize_with = "u64")] u64);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+/// An idle policy, or null. serde reads a struct from an array as well (`[true, "1h"]`); the
+/// document says object, so only an object is read.
+fn idle_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IdlePolicy>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)? {
+        None => Ok(None),
+        Some(m) => serde_json::from_value(serde_json::Value::Object(m))
+            .map(Some)
+            .map_err(D::Error::custom),
+    }
+}
+
+/// `PUT /v1/users/{name}`: registers a user or changes their team or admin flag.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PutUser {
+pub struct PutUserRequest {
+    /// The user's team; a user who holds VM roles or drives cannot change team.
     team: TeamName,
+    /// Whether the user administers the registry.
     #[serde(default)]
     admin: bool,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/projects`: a new project and its first members.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateProject {
+pub struct CreateProjectRequest {
+    /// The project's name.
     name: ProjectName,
+    /// Registered users who become members.
     #[serde(default)]
     members: Vec<UserName>,
 }
 
-/// The unlock body: the share goes straight into zeroizing memory.
-#[derive(Deserialize)]
+/// `POST /v1/projects/{project}/unlock`: one half of the project key. The share goes
+/// straight into zeroizing memory.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Unlock {
+pub struct UnlockRequest {
+    /// A share token as handed out at creation or re-key.
+    #[schema(value_type = String, pattern = "^vmw-(admin|member)-[A-Za-z0-9_-]{43}$")]
     share: ShareField,
 }
 
+/// Debug shows `SecretBytes`' redaction.
+#[derive(Debug)]
 struct ShareField(SecretBytes);
 
 impl<'de> Deserialize<'de> for ShareField {
@@ -267,49 +334,82 @@ impl<'de> Deserialize<'de> for ShareField {
     }
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/drives`: a new encrypted drive, owned by its creator.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateDrive {
+pub struct CreateDriveRequest {
+    /// The project it belongs to (the caller must be a member, its key unlocked).
     project: ProjectName,
+    /// The drive's name, unique among the creator's drives in the project.
     name: DriveName,
+    /// Size in MiB, at most the host's `limits.max_drive_mib`.
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole::u64")]
     size_mib: u64,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/vms`: a new VM configuration, owned by its creator.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateVm {
+pub struct CreateVmRequest {
+    /// The VM's name, unique among the creator's VMs in the project.
     name: VmName,
+    /// The project it belongs to.
     project: ProjectName,
+    /// vCPUs, at most the host's `limits.max_vcpus`.
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole::u32")]
     vcpus: u32,
+    /// Memory in MiB, at most the host's `limits.max_memory_mib`.
+    #[schema(minimum = 16)]
+    #[serde(deserialize_with = "whole::u64")]
     memory_mib: u64,
+    /// Drives the caller owns in the project, by id, id prefix or name.
     #[serde(default)]
     drives: Vec<ObjectRef>,
-    #[serde(default)]
+    /// Idle overrides; absent fields take the host's defaults.
+    #[serde(default, deserialize_with = "idle_object")]
     idle: Option<IdlePolicy>,
 }
 
-#[derive(Deserialize)]
+/// `PATCH /v1/vms/{id}`: new sizes (applied at the next start) or idle overrides.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchVm {
+pub struct UpdateVmRequest {
+    /// New vCPUs.
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole::opt_u32")]
     vcpus: Option<u32>,
+    /// New memory in MiB.
+    #[schema(minimum = 16)]
+    #[serde(default, deserialize_with = "whole::opt_u64")]
     memory_mib: Option<u64>,
+    /// New idle overrides (replace the old ones).
+    #[serde(default, deserialize_with = "idle_object")]
     idle: Option<IdlePolicy>,
 }
 
-#[derive(Deserialize)]
+/// `PUT /v1/vms/{id}/members/{user}`: grants a role on a VM.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Share {
+pub struct ShareRequest {
+    /// The role to grant.
     role: Role,
+    /// Must be true to grant `owner`: co-owners get the VM's drives.
     #[serde(default)]
     confirm_drive_access: bool,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/vms/{id}/stop` and `POST /v1/host/vms/{id}/stop`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Stop {
+pub struct StopRequest {
+    /// Destroy at once instead of an ACPI shutdown.
     #[serde(default)]
     force: bool,
+    /// Answer once stopped (200); false answers 202 once the stop has begun.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     wait: bool,
 }
 
@@ -328,6 +428,10 @@ fn json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     } else {
         body
     };
+    // Every body is an object; serde would also read a struct from an array.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::BadJson("expected a JSON object".into()));
+    }
     serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
@@ -355,14 +459,36 @@ fn query_pairs<'a>(query: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a s
     Ok(out)
 }
 
+/// A boolean query parameter, spelled as the document says: `true` or `false`.
 fn flag(v: &str, what: &str) -> Result<bool, ApiError> {
     match v {
-        "" | "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
+        "true" => Ok(true),
+        "false" => Ok(false),
         _ => Err(ApiError::BadParam(format!(
             "Query parameter {what} must be true or false"
         ))),
     }
+}
+
+/// The most audit rows one request returns.
+pub const AUDIT_LIMIT_MAX: usize = 10_000;
+
+/// An integer query parameter within the bounds the document gives it.
+fn bounded(v: &str, what: &str, min: i64, max: i64) -> Result<i64, ApiError> {
+    // `2.0` is a whole number too (see `whole`).
+    let n: i64 = match v.parse::<i64>() {
+        Ok(n) => n,
+        Err(_) => match v.parse::<f64>() {
+            Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9e15 => f as i64,
+            _ => param(v, what)?,
+        },
+    };
+    if !(min..=max).contains(&n) {
+        return Err(ApiError::BadParam(format!(
+            "Query parameter {what} must be between {min} and {max}"
+        )));
+    }
+    Ok(n)
 }
 
 /// The `GET /v1/audit` filter, and the VM its `vm` names.
@@ -376,9 +502,9 @@ pub fn audit_filter(query: &str) -> Result<(AuditFilter, Option<ObjectRef>), Api
         match k {
             "vm" => vm = Some(param(v, "vm")?),
             "user" => f.actor = Some(param::<UserName>(v, "user")?.to_string()),
-            "since" => f.since_ms = Some(param(v, "since (ms since epoch)")?),
-            "until" => f.until_ms = Some(param(v, "until (ms since epoch)")?),
-            _ => f.limit = param(v, "limit")?,
+            "since" => f.since_ms = Some(bounded(v, "since (ms since epoch)", 0, i64::MAX)?),
+            "until" => f.until_ms = Some(bounded(v, "until (ms since epoch)", 0, i64::MAX)?),
+            _ => f.limit = bounded(v, "limit", 1, AUDIT_LIMIT_MAX as i64)? as usize,
         }
     }
     Ok((f, vm))
@@ -403,7 +529,7 @@ pub fn parse(
         ("GET", "/v1/users") => Op::Users,
         ("PUT", "/v1/users/{name}") => {
             let name = param(p(0), "user name")?;
-            let b: PutUser = json(&body)?;
+            let b: PutUserRequest = json(&body)?;
             Op::PutUser {
                 name,
                 team: b.team,
@@ -413,7 +539,7 @@ pub fn parse(
         ("DELETE", "/v1/users/{name}") => Op::DeleteUser(param(p(0), "user name")?),
         ("GET", "/v1/projects") => Op::Projects,
         ("POST", "/v1/projects") => {
-            let b: CreateProject = json(&body)?;
+            let b: CreateProjectRequest = json(&body)?;
             Op::CreateProject {
                 name: b.name,
                 members: b.members,
@@ -441,7 +567,7 @@ pub fn parse(
         }
         ("POST", "/v1/projects/{project}/unlock") => {
             let project = param(p(0), "project name")?;
-            let parsed = json::<Unlock>(&body);
+            let parsed = json::<UnlockRequest>(&body);
             body.zeroize();
             let b = parsed.map_err(|_| {
                 // serde's message could quote the body; say only what is wrong.
@@ -459,7 +585,7 @@ pub fn parse(
         }
         ("GET", "/v1/drives") => Op::Drives,
         ("POST", "/v1/drives") => {
-            let b: CreateDrive = json(&body)?;
+            let b: CreateDriveRequest = json(&body)?;
             Op::CreateDrive {
                 project: b.project,
                 name: b.name,
@@ -470,7 +596,7 @@ pub fn parse(
         ("DELETE", "/v1/drives/{id}") => Op::DeleteDrive(param(p(0), "drive")?),
         ("GET", "/v1/vms") => Op::Vms,
         ("POST", "/v1/vms") => {
-            let b: CreateVm = json(&body)?;
+            let b: CreateVmRequest = json(&body)?;
             Op::CreateVm(
                 NewVm {
                     name: b.name,
@@ -486,7 +612,7 @@ pub fn parse(
         ("GET", "/v1/vms/{id}") => Op::Vm(param(p(0), "VM")?),
         ("PATCH", "/v1/vms/{id}") => {
             let id = param(p(0), "VM")?;
-            let b: PatchVm = json(&body)?;
+            let b: UpdateVmRequest = json(&body)?;
             Op::UpdateVm(
                 id,
                 VmPatch {
@@ -501,7 +627,7 @@ pub fn parse(
         ("PUT", "/v1/vms/{id}/members/{user}") => {
             let vm = param(p(0), "VM")?;
             let user = param(p(1), "user name")?;
-            let b: Share = json(&body)?;
+            let b: ShareRequest = json(&body)?;
             Op::Share {
                 vm,
                 user,
@@ -519,7 +645,7 @@ pub fn parse(
         }
         ("POST", "/v1/vms/{id}/stop") => {
             let vm = param(p(0), "VM")?;
-            let b: Stop = json(&body)?;
+            let b: StopRequest = json(&body)?;
             Op::Stop {
                 vm,
                 force: b.force,
@@ -542,7 +668,7 @@ pub fn parse(
         ("GET", "/v1/host/vms") => Op::HostVms,
         ("POST", "/v1/host/vms/{id}/stop") => {
             let vm = param(p(0), "VM")?;
-            let b: Stop = json(&body)?;
+            let b: StopRequest = json(&body)?;
             Op::HostStop {
                 vm,
                 force: b.force,
