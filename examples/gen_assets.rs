@@ -5,7 +5,8 @@
 //! - `OUT_DIR/man/vmwarden.1` and `OUT_DIR/man/vmwardend.8`, one page per command plus one per
 //!   subcommand of the client (`vmwarden-vm.1`, `vmwarden-vm-start.1`, ...), referenced from
 //!   the main page;
-//! - `OUT_DIR/completions/{bash,zsh,fish}/` for both binaries.
+//! - `OUT_DIR/man/vmwarden.toml.5`, the configuration;
+//! - `OUT_DIR/completions/{bash,zsh,fish}/` for both binaries (the client's dynamic).
 //!
 //! `make deb` (packaging/build-deb.sh) runs it before `cargo deb`.
 
@@ -24,12 +25,31 @@ fn main() -> std::io::Result<()> {
     std::fs::create_dir_all(&man)?;
     write_man(&man, Cli::command(), "1")?;
     write_man(&man, Args::command(), "8")?;
+    std::fs::write(
+        man.join("vmwarden.toml.5"),
+        vmwarden::cli::config_man::page(),
+    )?;
     for (bin, mut cmd) in [("vmwarden", Cli::command()), ("vmwardend", Args::command())] {
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let dir = out.join("completions").join(shell.to_string());
             std::fs::create_dir_all(&dir)?;
             let mut buf = Vec::new();
-            clap_complete::generate(shell, &mut cmd, bin, &mut buf);
+            if bin == "vmwarden" {
+                // The client completes dynamically (VM and drive names from the daemon): the
+                // script calls /usr/bin/vmwarden back, as `vmwarden completion` prints it.
+                use clap_complete::env::EnvCompleter;
+                let (name, path) = ("vmwarden", "/usr/bin/vmwarden");
+                match shell {
+                    Shell::Bash => clap_complete::env::Bash
+                        .write_registration("COMPLETE", name, name, path, &mut buf),
+                    Shell::Zsh => clap_complete::env::Zsh
+                        .write_registration("COMPLETE", name, name, path, &mut buf),
+                    _ => clap_complete::env::Fish
+                        .write_registration("COMPLETE", name, name, path, &mut buf),
+                }?;
+            } else {
+                clap_complete::generate(shell, &mut cmd, bin, &mut buf);
+            }
             std::fs::write(dir.join(completion_name(shell, bin)), buf)?;
         }
     }

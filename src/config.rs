@@ -272,7 +272,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
-            located(text, path, offset, e.message().to_owned())
+            located(text, path, offset, did_you_mean(e.message()))
         })?;
         let mut cfg = cfg;
         // Relative paths are relative to the config file, so a checkout can carry a config
@@ -321,21 +321,80 @@ impl Config {
         if self.sharing.max_owners == 0 {
             return Err(fail("sharing", "max_owners", "Must be at least 1".into()));
         }
-        for (key, d) in [
-            ("unlock_window", self.keys.unlock_window),
-            ("unlock_ttl", self.keys.unlock_ttl),
+        let i = &self.idle;
+        // Every duration has bounds a host can live with: a zero or a millisecond timeout
+        // would stop things before they start, a year-long unlock would never lock.
+        let (ms, s, m, h, d) = (
+            Duration::from_millis(1),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            Duration::from_secs(86_400),
+        );
+        for (section, key, value, min, max) in [
+            (
+                "libvirt",
+                "shutdown_timeout",
+                self.libvirt.shutdown_timeout,
+                s,
+                h,
+            ),
+            (
+                "libvirt",
+                "detach_timeout",
+                self.libvirt.detach_timeout,
+                s,
+                10 * m,
+            ),
+            ("keys", "unlock_window", self.keys.unlock_window, 10 * s, d),
+            ("keys", "unlock_ttl", self.keys.unlock_ttl, m, 30 * d),
+            ("idle", "sample_interval", i.sample_interval, s, 10 * m),
+            ("idle", "after", i.after, 2 * s, 30 * d),
+            ("idle", "warn_before", i.warn_before, Duration::ZERO, d),
+            ("idle", "shutdown_timeout", i.shutdown_timeout, s, h),
+            ("idle", "max_after", i.max_after, 2 * s, 30 * d),
+            (
+                "limits",
+                "header_timeout",
+                self.limits.header_timeout,
+                100 * ms,
+                10 * m,
+            ),
+            (
+                "limits",
+                "write_timeout",
+                self.limits.write_timeout,
+                100 * ms,
+                10 * m,
+            ),
         ] {
-            if d.is_zero() {
-                return Err(fail("keys", key, "Must be longer than zero".into()));
+            if value < min || value > max {
+                return Err(fail(
+                    section,
+                    key,
+                    format!(
+                        "Must be between {} and {}",
+                        format_duration(min),
+                        format_duration(max)
+                    ),
+                ));
             }
         }
-        let i = &self.idle;
-        if i.sample_interval.is_zero() {
-            return Err(fail(
-                "idle",
-                "sample_interval",
-                "Must be longer than zero".into(),
-            ));
+        // Names in [access] may be registry users that are not Unix users, so only their
+        // form is checked: a name that cannot be a user never matches anyone.
+        for (key, names) in [
+            ("admins", &self.access.admins),
+            ("orchestrators", &self.access.orchestrators),
+        ] {
+            for n in names {
+                if let Err(e) = crate::model::UserName::parse(n) {
+                    return Err(fail(
+                        "access",
+                        key,
+                        format!("{n:?} is not a user name: {e}"),
+                    ));
+                }
+            }
         }
         if !(0.0..=100.0 * 1024.0).contains(&i.cpu_percent) || i.cpu_percent.is_nan() {
             return Err(fail("idle", "cpu_percent", "Must be a percentage".into()));
@@ -354,16 +413,6 @@ impl Config {
                 "Must be at least two idle.sample_interval (idleness is measured between samples)"
                     .into(),
             ));
-        }
-        for (section, key, d) in [
-            ("idle", "shutdown_timeout", i.shutdown_timeout),
-            ("libvirt", "shutdown_timeout", self.libvirt.shutdown_timeout),
-            ("libvirt", "detach_timeout", self.libvirt.detach_timeout),
-            ("limits", "write_timeout", self.limits.write_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(fail(section, key, "Must be longer than zero".into()));
-            }
         }
         for (key, n) in [
             (
@@ -414,14 +463,38 @@ impl Config {
                 "Must be at least 1024".into(),
             ));
         }
-        if self.limits.header_timeout.is_zero() {
-            return Err(fail(
-                "limits",
-                "header_timeout",
-                "Must be longer than zero".into(),
-            ));
+        Ok(())
+    }
+
+    /// What only this host can tell: that `daemon.socket_group` exists. Run by
+    /// `--check-config` and before the daemon binds its socket.
+    pub fn check_host(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let g = &self.daemon.socket_group;
+        if !g.is_empty() && !matches!(nix::unistd::Group::from_name(g), Ok(Some(_))) {
+            let offset = find_key(text, "daemon", "socket_group").unwrap_or(0);
+            let mut err = located(
+                text,
+                path,
+                offset,
+                format!("Group {g:?} does not exist on this host (create it, or set \"\" to keep the daemon's group)"),
+            );
+            if let ConfigError::Invalid { key, .. } = &mut err {
+                *key = "daemon.socket_group".into();
+            }
+            return Err(err);
         }
         Ok(())
+    }
+
+    /// Reads, validates and checks a config file against this host.
+    pub fn load_checked(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Self::parse(&text, path)?;
+        cfg.check_host(&text, path)?;
+        Ok(cfg)
     }
 
     /// Where drive images live.
@@ -474,6 +547,15 @@ fn located(text: &str, path: &Path, offset: usize, message: String) -> ConfigErr
         Some((k, _)) if !this_line.trim_start().starts_with('[') => k.trim().to_owned(),
         _ => String::new(),
     };
+    let header = this_line.trim();
+    if header.starts_with('[') && header.ends_with(']') {
+        // An error at a table header is about that table (an unknown `[store]`), not about
+        // the table before it.
+        section = header
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_owned();
+    }
     let key = match (section.is_empty(), key.is_empty()) {
         (true, true) => {
             let t = this_line.trim();
@@ -489,6 +571,27 @@ fn located(text: &str, path: &Path, offset: usize, message: String) -> ConfigErr
         line,
         column,
         message: capitalise(message.trim()),
+    }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`", with the nearest known name.
+fn did_you_mean(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let nearest = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::damerau_levenshtein(unknown, k), k))
+        .filter(|(dist, k)| *dist <= 2.max(k.len() / 3))
+        .min();
+    match nearest {
+        Some((_, k)) => format!("{message}; did you mean `{k}`?"),
+        None => message.to_owned(),
     }
 }
 
@@ -641,5 +744,96 @@ mod tests {
             .contains("nope"));
         let e = parse("[limits]\nmax_connections = \"many\"\n").unwrap_err();
         assert!(e.to_string().contains("limits.max_connections"), "{e}");
+    }
+
+    /// What check-config refuses, one row each: the key named and what it says.
+    #[test]
+    fn check_config_bounds_names_typos_and_tables() {
+        let rows = [
+            (
+                "[libvirt]\nshutdown_timeout = \"0s\"\n",
+                "libvirt.shutdown_timeout",
+                "between 1s and 1h",
+            ),
+            (
+                "[idle]\nsample_interval = \"1ms\"\n",
+                "idle.sample_interval",
+                "between 1s and 10m",
+            ),
+            (
+                "[keys]\nunlock_window = \"1y\"\n",
+                "keys.unlock_window",
+                "between 10s and 1day",
+            ),
+            (
+                "[limits]\nheader_timeout = \"1h\"\n",
+                "limits.header_timeout",
+                "between 100ms and 10m",
+            ),
+            (
+                "[access]\nadmins = [\"Root\"]\n",
+                "access.admins",
+                "\"Root\" is not a user name",
+            ),
+            (
+                "[access]\norchestrators = [\"a b\"]\n",
+                "access.orchestrators",
+                "not a user name",
+            ),
+            (
+                "[daemon]\nsocket_grup = \"x\"\n",
+                "daemon.socket_grup",
+                "did you mean `socket_group`?",
+            ),
+            (
+                "[idle]\nowners_may_disabel = true\n",
+                "idle.owners_may_disabel",
+                "did you mean `owners_may_disable`?",
+            ),
+            (
+                "[limits]\nmax_body_bytes = 70000\n\n[store]\nurl = \"x\"\n",
+                "store",
+                "line 4",
+            ),
+            (
+                "[daemon]\nsocket_mode = \"0660\"\n[idle]\nafter = \"1s\"\n",
+                "idle.after",
+                "between 2s and 30days",
+            ),
+        ];
+        for (text, key, says) in rows {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("key `{key}`")), "{text}: {e}");
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        // A key too far from any known one gets no guess.
+        let e = parse("[daemon]\nxyzzy = 1\n").unwrap_err().to_string();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn a_socket_group_must_exist_on_the_host() {
+        let text = "[daemon]\nsocket_group = \"no-such-group-here\"\n";
+        let c = parse(text).unwrap();
+        let e = c
+            .check_host(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `daemon.socket_group`")
+                && e.contains("line 2")
+                && e.contains("does not exist"),
+            "{e}"
+        );
+        let text = "[daemon]\nsocket_group = \"root\"\n";
+        parse(text)
+            .unwrap()
+            .check_host(text, Path::new("c.toml"))
+            .unwrap();
+        let text = "[daemon]\nsocket_group = \"\"\n";
+        parse(text)
+            .unwrap()
+            .check_host(text, Path::new("c.toml"))
+            .unwrap();
     }
 }

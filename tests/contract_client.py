@@ -22,7 +22,7 @@ from vmw.api.projects import create_project, unlock_project  # noqa: E402
 from vmw.api.users import put_user  # noqa: E402
 from vmw.api.vms import create_vm, get_vm, start_vm, stop_vm  # noqa: E402
 from vmw.models import (  # noqa: E402
-    ChangedUser,
+    ChangedUserView,
     CreateDriveRequest,
     CreatedProjectView,
     CreateProjectRequest,
@@ -61,7 +61,7 @@ name = f"gen-{suffix}"
 
 ok(me.sync_detailed(client=root), Me)
 for user in (member, other):
-    ok(put_user.sync_detailed(user, client=root, body=PutUserRequest(team="gen")), ChangedUser)
+    ok(put_user.sync_detailed(user, client=root, body=PutUserRequest(team="gen")), ChangedUserView)
 
 created = ok(
     create_project.sync_detailed(

@@ -191,8 +191,14 @@ fn libvirtd_killed_during_a_start_leaves_answer_state_and_audit_agreeing() {
             // Newest first: the rows after this start's own row come before it.
             let at = rows.iter().position(|e| e["action"] == "vm.start").unwrap();
             let (later, last_start) = (&rows[..at], &rows[at]);
+            let seen: Vec<String> = d
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("lifecycle") || l.contains("reconcil"))
+                .map(str::to_owned)
+                .collect();
             let ctx = format!(
-                "delay {delay_ms} ms: answer {} {}, running {running}, state {state}, audit {rows:?}",
+                "delay {delay_ms} ms: answer {} {}, running {running}, state {state}, audit {rows:?}, daemon {seen:#?}",
                 r.status,
                 r.code()
             );

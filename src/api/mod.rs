@@ -112,11 +112,8 @@ pub fn bind(cfg: &Config) -> Result<(UnixListener, SocketLock), BindError> {
             Ok(Some(g)) if nix::unistd::getegid() == g.gid => {}
             Ok(Some(g)) => nix::unistd::chown(path, None, Some(g.gid))
                 .map_err(|e| io(path)(std::io::Error::from(e)))?,
-            _ => {
-                // A missing group is not fatal for a root daemon on a dev host: the socket stays
-                // root-only-by-group. Operators see this warning.
-                tracing::warn!(group = %cfg.daemon.socket_group, "socket group does not exist; socket keeps the daemon's group");
-            }
+            // `Config::check_host` refused a missing group at start; it went away since.
+            _ => return Err(BindError::NoGroup(cfg.daemon.socket_group.clone())),
         }
     }
     Ok((listener, SocketLock(lock)))

@@ -18,11 +18,11 @@ use super::routes::CreatedProjectView;
 use crate::config::Config;
 use crate::keys::{Half, LockStatus};
 use crate::model::{
-    IdlePolicy, ObjectRef, ProjectName, Role, User, UserName, VmState, API_DURATION_PATTERN,
+    IdlePolicy, ObjectRef, ProjectName, Role, UserName, VmState, API_DURATION_PATTERN,
 };
 use crate::service::{
-    Change, Changed, DriveView, EventKind, Health, HostVm, IdleStatus, Me, Members, ProjectView,
-    VmView,
+    Change, Changed, ConsoleLog, DriveView, EventKind, Health, HostVm, IdleStatus, Me, Members,
+    ProjectView, UserView, VmView,
 };
 use crate::store::AuditEntry;
 use serde_json::{json, Map, Value};
@@ -46,8 +46,8 @@ pub enum Kind {
     Flag,
     /// The audit row limit.
     Limit,
-    /// Milliseconds since the epoch.
-    Millis,
+    /// A whole number from 0 (milliseconds since the epoch, a byte offset).
+    Natural,
 }
 
 /// A path or query parameter.
@@ -240,7 +240,7 @@ pub const SPECS: &[Spec] = &[
         description: "Admins only.",
         params: &[],
         body: Body::None,
-        answers: &[(200, Answer::List("User"))],
+        answers: &[(200, Answer::List("UserView"))],
         problems: &[CONN, PEER],
     },
     Spec {
@@ -252,7 +252,7 @@ pub const SPECS: &[Spec] = &[
                       change team (409 user_has_roles).",
         params: &[NAME],
         body: Body::Json("PutUserRequest"),
-        answers: &[(200, Answer::Json("Changed_User"))],
+        answers: &[(200, Answer::Json("Changed_UserView"))],
         problems: &[
             CONN,
             PEER,
@@ -691,6 +691,31 @@ pub const SPECS: &[Spec] = &[
         problems: &[CONN, PEER, BODY, PATH, WRITE, VM],
     },
     Spec {
+        method: "GET",
+        path: "/v1/vms/{id}/log",
+        id: "vm_log",
+        summary: "A stretch of the VM's serial console log",
+        description: "Owners only (the console may show what is on the drives). At most \
+                      64 KiB from `offset`; follow the log by asking again from `next`.",
+        params: &[
+            VM_P,
+            query(
+                "offset",
+                Kind::Natural,
+                "Start here (bytes from the start of the log).",
+            ),
+        ],
+        body: Body::None,
+        answers: &[(200, Answer::Json("ConsoleLog"))],
+        problems: &[
+            CONN,
+            PEER,
+            PATH,
+            VM,
+            &[(403, "owner_required"), (502, "hypervisor_error")],
+        ],
+    },
+    Spec {
         method: "PUT",
         path: "/v1/vms/{id}/drives/{drive}",
         id: "attach_drive",
@@ -798,12 +823,12 @@ pub const SPECS: &[Spec] = &[
             query("user", Kind::User, "Only rows by this actor."),
             query(
                 "since",
-                Kind::Millis,
+                Kind::Natural,
                 "From this time (ms since the epoch).",
             ),
             query(
                 "until",
-                Kind::Millis,
+                Kind::Natural,
                 "Before this time (ms since the epoch).",
             ),
             query(
@@ -856,8 +881,8 @@ pub fn declared(method: &str, route: &str, status: u16, code: Option<&str>) -> b
 #[openapi(components(schemas(
     Health,
     Me,
-    User,
-    Changed<User>,
+    UserView,
+    Changed<UserView>,
     Changed<VmView>,
     Changed<Members>,
     Change,
@@ -873,6 +898,7 @@ pub fn declared(method: &str, route: &str, status: u16, code: Option<&str>) -> b
     IdleStatus,
     Members,
     HostVm,
+    ConsoleLog,
     AuditEntry,
     Problem,
     PutUserRequest,
@@ -919,7 +945,7 @@ fn param_schema(kind: Kind) -> Value {
         Kind::Vm | Kind::Drive => to(<ObjectRef as utoipa::PartialSchema>::schema()),
         Kind::Flag => json!({ "type": "boolean" }),
         Kind::Limit => json!({ "type": "integer", "minimum": 1, "maximum": AUDIT_LIMIT_MAX }),
-        Kind::Millis => json!({ "type": "integer", "format": "int64", "minimum": 0 }),
+        Kind::Natural => json!({ "type": "integer", "format": "int64", "minimum": 0 }),
     }
 }
 

@@ -534,6 +534,7 @@ async fn run(svc: Arc<Service>, p: Principal, op: Op) -> Result<Reply, ApiError>
             Ok(Reply::Json(stop_status(started, wait), bytes_of(&view)))
         }
         Op::Keepalive(r) => ok(&svc.keepalive(p, vm(r).await?).await?),
+        Op::ConsoleLog(r, offset) => ok(&svc.console_log(p, vm(r).await?, offset).await?),
         Op::Attach(v, d) => ok(&svc.attach(p, vm(v).await?, drive(d).await?).await?),
         Op::Detach(v, d) => ok(&svc.detach(p, vm(v).await?, drive(d).await?).await?),
         Op::HostVms => ok(&svc.host_vms(p).await?),

@@ -21,7 +21,7 @@ static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(path) = args.check_config {
-        Config::load(&path)?;
+        Config::load_checked(&path)?;
         println!("{}: ok", path.display());
         return Ok(());
     }
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     let target = daemon::init_logging();
     tracing::debug!(?target, notify = notifier.enabled(), "logging initialised");
     let passed = passed.map_err(anyhow::Error::msg)?;
-    let cfg = Arc::new(Config::load(&args.config)?);
+    let cfg = Arc::new(Config::load_checked(&args.config)?);
     // glibc gives every thread that allocates its own arena (64 MiB of address space, a few
     // MiB resident each); the blocking pool's threads would multiply RSS for nothing. Two
     // arenas and a bounded pool keep the daemon small.
@@ -133,9 +133,45 @@ async fn run(
     // None of this delays READY: a dead libvirtd only delays these tasks.
     let ev = svc.clone();
     tokio::spawn(async move {
-        while let Some(e) = events_rx.recv().await {
-            if let Err(err) = ev.on_lifecycle(e).await {
-                tracing::debug!(error = %err, "lifecycle event not applied");
+        use tokio::time::{sleep_until, Instant};
+        // A reconcile soon after an event that could not be applied (libvirtd answering
+        // again, half started), and soon after each reconnection: a restarted libvirtd ends
+        // the domains it finds half started in threads of its own, possibly before our
+        // callbacks are registered on the new connection, so no event says so.
+        let soon = Duration::from_secs(2);
+        let mut again: Option<Instant> = None;
+        let mut failures = 0u32;
+        loop {
+            let event = match again {
+                Some(at) => tokio::select! {
+                    e = events_rx.recv() => e,
+                    _ = sleep_until(at) => {
+                        again = None;
+                        match ev.reconcile().await {
+                            Ok(()) => failures = 0,
+                            // Bounded: a libvirtd that stays away is the minute's business.
+                            Err(err) if failures < 5 => {
+                                failures += 1;
+                                tracing::debug!(error = %err, "reconcile failed; trying again soon");
+                                again = Some(Instant::now() + soon);
+                            }
+                            Err(err) => tracing::debug!(error = %err, "reconcile failed"),
+                        }
+                        continue;
+                    }
+                },
+                None => events_rx.recv().await,
+            };
+            let Some(e) = event else { break };
+            tracing::debug!(event = ?e, "libvirt lifecycle event");
+            let reconnected = matches!(e, vmwarden::hypervisor::LifecycleEvent::Reconnected);
+            match ev.on_lifecycle(e).await {
+                Err(err) => {
+                    tracing::debug!(error = %err, "lifecycle event not applied");
+                    again = Some(Instant::now() + soon);
+                }
+                Ok(()) if reconnected => again = Some(Instant::now() + soon),
+                Ok(()) => {}
             }
         }
     });

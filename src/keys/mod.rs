@@ -379,6 +379,10 @@ pub struct LockStatus {
     pub waiting_for: Vec<Half>,
     /// Halves submitted and waiting.
     pub pending: Vec<Half>,
+    /// Until when (ms since the epoch) the key stays in memory, or the submitted half waits
+    /// for the other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
 }
 
 enum Slot {
@@ -500,21 +504,32 @@ impl Keyring {
     pub fn status(&self, project: &ProjectName, now: Instant) -> LockStatus {
         let mut map = self.slots.lock().unwrap();
         Self::expire(&mut map, now);
+        // The slots count in monotonic time; callers read wall-clock times.
+        let wall = |at: Instant| {
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as i64;
+            Some(ms + at.saturating_duration_since(now).as_millis() as i64)
+        };
         match map.get(project) {
             None => LockStatus {
                 locked: true,
                 waiting_for: vec![Half::Admin, Half::Member],
                 pending: vec![],
+                until_ms: None,
             },
-            Some(Slot::Pending { half, .. }) => LockStatus {
+            Some(Slot::Pending { half, expires, .. }) => LockStatus {
                 locked: true,
                 waiting_for: vec![half.other()],
                 pending: vec![*half],
+                until_ms: wall(*expires),
             },
-            Some(Slot::Unlocked { .. }) => LockStatus {
+            Some(Slot::Unlocked { until, .. }) => LockStatus {
                 locked: false,
                 waiting_for: vec![],
                 pending: vec![],
+                until_ms: wall(*until),
             },
         }
     }

@@ -84,6 +84,8 @@ pub enum VmAction {
     Detach,
     /// See the drives in the VM's view.
     SeeDrives,
+    /// GET log: the serial console may show what is on the drives.
+    Console,
 }
 
 /// Admin-only operations.
@@ -330,10 +332,10 @@ fn vm_action(p: &Principal, a: VmAction, vm: &VmFacts) -> Decision {
     use VmAction::*;
     match (a, role) {
         (View | Members | Start | Stop | Keepalive, _) => Allow,
-        (Update | Delete | Attach | Detach | SeeDrives, Role::Owner) => Allow,
+        (Update | Delete | Attach | Detach | SeeDrives | Console, Role::Owner) => Allow,
         // To a user, every drive operation answers as if the drive did not exist.
         (Attach | Detach, Role::User) => Deny(Denial::Hidden(Hidden::Drive)),
-        (Update | Delete | SeeDrives, Role::User) => Deny(Denial::OwnerRequired),
+        (Update | Delete | SeeDrives | Console, Role::User) => Deny(Denial::OwnerRequired),
     }
 }
 

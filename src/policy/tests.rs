@@ -217,6 +217,11 @@ fn every_action_against_every_relation() {
             ["403r", "ok", "403o", "404", "404", "404", "403u"],
         ),
         (
+            "serial log",
+            |v, _, _| Action::Vm(VmAction::Console, v.clone()),
+            ["403r", "ok", "403o", "404", "404", "404", "403u"],
+        ),
+        (
             "view/delete drive",
             |_, d, _| Action::Drive(*d),
             ["404", "ok", "404", "404", "404", "404", "403u"],

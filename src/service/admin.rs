@@ -10,11 +10,16 @@ impl Service {
                 status: "ok",
                 hypervisor: v,
                 version: env!("CARGO_PKG_VERSION"),
+                reason: None,
             },
-            Err(_) => Health {
+            Err(e) => Health {
                 status: "degraded",
                 hypervisor: "unavailable".into(),
                 version: env!("CARGO_PKG_VERSION"),
+                reason: Some(format!(
+                    "libvirt at {} does not answer: {e}",
+                    self.cfg.libvirt.uri
+                )),
             },
         }
     }
@@ -39,14 +44,26 @@ impl Service {
     }
 
     /// The registry.
-    pub async fn users(&self, p: &Principal) -> Result<Vec<User>> {
+    pub async fn users(&self, p: &Principal) -> Result<Vec<UserView>> {
         self.check(p, &Action::Admin(AdminAction::ManageUsers), "")?;
-        self.db(|s| s.users()).await
+        let users = self.db(|s| s.users()).await?;
+        Ok(users.into_iter().map(|u| self.user_view(u)).collect())
+    }
+
+    /// A registry entry with what `[access] admins` adds to it.
+    fn user_view(&self, u: User) -> UserView {
+        let by_config = self.cfg.access.admins.iter().any(|a| a == u.name.as_str());
+        UserView {
+            name: u.name,
+            team: u.team,
+            admin: u.admin || by_config,
+            admin_in_registry: u.admin,
+        }
     }
 
     /// Registers or updates a user; idempotent. A user holding roles or drives keeps their
     /// team (checked in the transaction that writes).
-    pub async fn put_user(&self, p: &Principal, user: User) -> Result<Changed<User>> {
+    pub async fn put_user(&self, p: &Principal, user: User) -> Result<Changed<UserView>> {
         self.check(p, &Action::Admin(AdminAction::ManageUsers), "")?;
         if user.name.is_reserved() {
             return Err(conflict(
@@ -67,7 +84,7 @@ impl Service {
             .map_err(|e| holdings_conflict(e, "change the team of"))?;
         Ok(Changed {
             change,
-            object: user,
+            object: self.user_view(user),
         })
     }
 

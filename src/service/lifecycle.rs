@@ -235,3 +235,56 @@ impl Service {
         self.view(p, vm).await
     }
 }
+
+/// The most a `GET /v1/vms/{id}/log` answer carries.
+const LOG_STRETCH: u64 = 64 * 1024;
+
+impl Service {
+    /// A stretch of the VM's serial console log from `offset`, owners only (the console may
+    /// show what is on the drives). A log shorter than `offset` (a new log since) is read
+    /// from its start.
+    pub async fn console_log(&self, p: &Principal, id: VmId, offset: u64) -> Result<ConsoleLog> {
+        self.vm_checked(p, id, VmAction::Console).await?;
+        let path = self.cfg.logs_dir().join(format!("{id}.serial.log"));
+        tokio::task::spawn_blocking(move || read_stretch(&path, offset))
+            .await
+            .map_err(|_| ServiceError::Task)?
+            .map_err(|e| {
+                ServiceError::Hypervisor(HypervisorError::Failed(format!(
+                    "Cannot read the serial log: {e}"
+                )))
+            })
+    }
+}
+
+fn read_stretch(path: &std::path::Path, offset: u64) -> std::io::Result<ConsoleLog> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ConsoleLog {
+                offset: 0,
+                next: 0,
+                text: String::new(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let offset = if offset > len { 0 } else { offset };
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    f.take(LOG_STRETCH).read_to_end(&mut buf)?;
+    // A character cut at the end of the stretch is left for the next read.
+    let keep = match std::str::from_utf8(&buf) {
+        Ok(_) => buf.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => buf.len(),
+    };
+    buf.truncate(keep);
+    Ok(ConsoleLog {
+        offset,
+        next: offset + buf.len() as u64,
+        text: String::from_utf8_lossy(&buf).into_owned(),
+    })
+}

@@ -12,6 +12,33 @@ pub struct Health {
     pub hypervisor: String,
     /// vmwarden's version.
     pub version: &'static str,
+    /// Why the status is `degraded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A registered user as the registry shows them.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    /// The Unix user name.
+    pub name: UserName,
+    /// Their team.
+    pub team: TeamName,
+    /// Whether they are an admin: by the registry's flag or by `[access] admins`.
+    pub admin: bool,
+    /// The registry's own admin flag (what `PUT /v1/users/{name}` sets).
+    pub admin_in_registry: bool,
+}
+
+/// A stretch of a VM's serial console log (`GET /v1/vms/{id}/log`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConsoleLog {
+    /// Where this stretch starts, in bytes from the start of the log.
+    pub offset: u64,
+    /// Where the next read starts (`offset` of the next call to follow the log).
+    pub next: u64,
+    /// The text (invalid UTF-8 replaced).
+    pub text: String,
 }
 
 /// `GET /v1/me`.

@@ -42,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/vms/{id}/start"),
     ("POST", "/v1/vms/{id}/stop"),
     ("POST", "/v1/vms/{id}/keepalive"),
+    ("GET", "/v1/vms/{id}/log"),
     ("PUT", "/v1/vms/{id}/drives/{drive}"),
     ("DELETE", "/v1/vms/{id}/drives/{drive}"),
     ("GET", "/v1/host/vms"),
@@ -179,6 +180,8 @@ pub enum Op {
     },
     /// `POST /v1/vms/{id}/keepalive`.
     Keepalive(ObjectRef),
+    /// `GET /v1/vms/{id}/log?offset=N`.
+    ConsoleLog(ObjectRef, u64),
     /// `PUT /v1/vms/{id}/drives/{drive}`.
     Attach(ObjectRef, ObjectRef),
     /// `DELETE /v1/vms/{id}/drives/{drive}`.
@@ -216,6 +219,7 @@ impl Op {
                 | Op::Vms
                 | Op::Vm(_)
                 | Op::Members(_)
+                | Op::ConsoleLog(..)
                 | Op::HostVms
                 | Op::Events
                 | Op::Audit(..)
@@ -521,7 +525,10 @@ pub fn parse(
 ) -> Result<Op, ApiError> {
     let p = |i: usize| params[i].as_str();
     let no_query = |q: &str| query_pairs(q, &[]).map(|_| ());
-    if route != "/v1/audit" && route != "/v1/projects/{project}/members/{user}" {
+    if !matches!(
+        route,
+        "/v1/audit" | "/v1/projects/{project}/members/{user}" | "/v1/vms/{id}/log"
+    ) {
         no_query(query)?;
     }
     let op = match (method.as_str(), route) {
@@ -664,6 +671,14 @@ pub fn parse(
         }
         ("DELETE", "/v1/vms/{id}/drives/{drive}") => {
             Op::Detach(param(p(0), "VM")?, param(p(1), "drive")?)
+        }
+        ("GET", "/v1/vms/{id}/log") => {
+            let vm = param(p(0), "VM")?;
+            let mut offset = 0;
+            for (_, v) in query_pairs(query, &["offset"])? {
+                offset = bounded(v, "offset", 0, i64::MAX)? as u64;
+            }
+            Op::ConsoleLog(vm, offset)
         }
         ("GET", "/v1/host/vms") => Op::HostVms,
         ("POST", "/v1/host/vms/{id}/stop") => {
