@@ -196,7 +196,7 @@ fn list(v: &Value) -> String {
 }
 
 /// The IDLE cell of a VM: `off`, `-` (not running), `in 1h12m` (idle, shuts down then), or
-/// `busy (2h)` (not idle; shuts down after that long idle).
+/// `in 2h+ (busy)` (not idle: it shuts down no sooner than that).
 pub fn idle_cell(vm: &Value, status: Option<&Value>, now_ms: i64) -> String {
     if vm["idle"]["enabled"] == Value::Bool(false) {
         return "off".into();
@@ -208,7 +208,7 @@ pub fn idle_cell(vm: &Value, status: Option<&Value>, now_ms: i64) -> String {
         Some(st) if st["enabled"] == Value::Bool(false) => "off".into(),
         Some(st) => match st["shutdown_at_ms"].as_i64() {
             Some(at) => relative(at, now_ms),
-            None => format!("busy ({})", s(&st["after"])),
+            None => format!("in {}+ (busy)", s(&st["after"])),
         },
         None => "on".into(),
     }

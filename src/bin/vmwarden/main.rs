@@ -1000,8 +1000,9 @@ async fn vm(ctx: &Ctx, v: VmCmd, now: i64) -> Result<()> {
                 .await?;
             ctx.show(&v, |v| {
                 format!(
-                    "{user} {} {role} of VM {}.\n",
+                    "{user} {} {} {role} of VM {}.\n",
                     said(v, "was already", "is now"),
+                    if role == "owner" { "an" } else { "a" },
                     vm.vm
                 )
             });

@@ -71,7 +71,7 @@ fn vm_list_has_its_columns_short_ids_and_idle_deadlines() {
         ["web", "aaaaaaaa", "lab", "owner", "running", "2", "2G", "in 1h12m"]
     );
     assert_eq!(t.rows()[1][7], "off");
-    assert_eq!(t.rows()[2][7], "busy (2h)");
+    assert_eq!(t.rows()[2][7], "in 2h+ (busy)");
     let text = t.render();
     assert!(text.starts_with("NAME  ID        PROJECT"), "{text}");
     assert!(!text.contains('{'), "no nested cells: {text}");
