@@ -1,9 +1,9 @@
 //! The audit log: one row per committed mutation (written in its transaction) and per
 //! recorded refusal, mirrored into the journal.
 
+use super::sql::{args, Db, Value};
 use super::{now_ms, Store, StoreError};
 use crate::model::VmId;
-use rusqlite::{params, Connection};
 
 /// Who did what, for the audit row of a mutation.
 #[derive(Debug, Clone)]
@@ -83,31 +83,31 @@ pub(super) fn log(a: &AuditCtx<'_>, outcome: &str) {
     );
 }
 
-pub(super) fn insert(conn: &Connection, a: &AuditCtx<'_>, outcome: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
+pub(super) fn insert(db: &dyn Db, a: &AuditCtx<'_>, outcome: &str) -> Result<(), StoreError> {
+    db.exec(
         "INSERT INTO audit (at_ms, actor, action, target, vm, outcome, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        now_ms(),
-        a.actor,
-        a.action,
-        a.target,
-        a.vm.map(|v| v.to_string()),
-        outcome,
-        a.detail
-    ])?;
+        args![
+            now_ms(),
+            a.actor,
+            a.action,
+            &a.target,
+            a.vm.map(|v| v.to_string()),
+            outcome,
+            &a.detail
+        ],
+    )?;
     Ok(())
 }
 
 impl Store {
     /// Audit rows matching `f`, newest first.
     pub fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
-        self.read(|conn| {
+        self.read(|db| {
             let mut sql = String::from(
                 "SELECT id, at_ms, actor, action, target, vm, outcome, detail FROM audit WHERE 1=1",
             );
-            let mut args: Vec<rusqlite::types::Value> = vec![];
+            let mut args: Vec<Value> = vec![];
             if let Some(vm) = f.vm {
                 sql.push_str(" AND vm = ?");
                 args.push(vm.to_string().into());
@@ -137,22 +137,21 @@ impl Store {
             }
             sql.push_str(" ORDER BY id DESC LIMIT ?");
             args.push((f.limit.clamp(1, 10_000) as i64).into());
-            let mut st = conn.prepare(&sql)?;
-            let rows = st
-                .query_map(rusqlite::params_from_iter(args), |r| {
+            db.rows(&sql, &args)?
+                .iter()
+                .map(|r| {
                     Ok(AuditEntry {
-                        id: r.get(0)?,
-                        at_ms: r.get(1)?,
-                        actor: r.get(2)?,
-                        action: r.get(3)?,
-                        target: r.get(4)?,
-                        vm: r.get(5)?,
-                        outcome: r.get(6)?,
-                        detail: r.get(7)?,
+                        id: r.int(0)?,
+                        at_ms: r.int(1)?,
+                        actor: r.text(2)?,
+                        action: r.text(3)?,
+                        target: r.text(4)?,
+                        vm: r.opt_text(5)?,
+                        outcome: r.text(6)?,
+                        detail: r.text(7)?,
                     })
-                })?
-                .collect::<Result<_, _>>()?;
-            Ok(rows)
+                })
+                .collect()
         })
     }
 }

@@ -5,10 +5,10 @@
 //! file in the drives folder has a row, and a file whose intent is left over (a crash between
 //! the two) is known to be garbage.
 
+use super::sql::{args, Db};
 use super::vms::attach_tx;
-use super::{parse_col, AuditCtx, Change, Store, StoreError};
-use crate::model::{Drive, DriveId, DriveName, StorageId, UserName, VmId};
-use rusqlite::{params, Connection, OptionalExtension};
+use super::{AuditCtx, Change, Store, StoreError};
+use crate::model::{Drive, DriveId, StorageId, UserName, VmId};
 
 /// A drive with its wrapped passphrases.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,62 +21,45 @@ pub struct DriveRow {
     pub next_wrapped: Option<Vec<u8>>,
 }
 
-fn load_drive(conn: &Connection, id: DriveId) -> Result<Option<DriveRow>, StoreError> {
-    type Row = (
-        String,
-        String,
-        String,
-        i64,
-        Vec<u8>,
-        Option<Vec<u8>>,
-        Option<String>,
-    );
-    let row: Option<Row> = conn
-        .prepare_cached(
-            "SELECT storage, name, project, size_mib, wrapped, next_wrapped, attached_to
-             FROM drives WHERE id = ?1",
-        )?
-        .query_row([id.to_string()], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        })
-        .optional()?;
-    let Some((storage, name, project, size, wrapped, next_wrapped, attached)) = row else {
+fn load_drive(db: &dyn Db, id: DriveId) -> Result<Option<DriveRow>, StoreError> {
+    let Some(r) = db.row(
+        "SELECT storage, name, project, size_mib, wrapped, next_wrapped, attached_to
+         FROM drives WHERE id = ?1",
+        args![id.to_string()],
+    )?
+    else {
         return Ok(None);
     };
-    let owners = conn
-        .prepare_cached("SELECT user FROM drive_owners WHERE drive = ?1 ORDER BY user")?
-        .query_map([id.to_string()], |r| parse_col(r.get(0)?))?
+    let owners = db
+        .rows(
+            "SELECT user FROM drive_owners WHERE drive = ?1 ORDER BY user",
+            args![id.to_string()],
+        )?
+        .iter()
+        .map(|o| o.parse(0))
         .collect::<Result<_, _>>()?;
     Ok(Some(DriveRow {
         drive: Drive {
             id,
-            storage: parse_col(storage)?,
-            name: parse_col::<DriveName>(name)?,
-            project: parse_col(project)?,
-            size_mib: size as u64,
+            storage: r.parse(0)?,
+            name: r.parse(1)?,
+            project: r.parse(2)?,
+            size_mib: r.int(3)? as u64,
             owners,
-            attached_to: attached.map(parse_col).transpose()?,
+            attached_to: r.opt_parse(6)?,
         },
-        wrapped,
-        next_wrapped,
+        wrapped: r.bytes(4)?,
+        next_wrapped: r.opt_bytes(5)?,
     }))
 }
 
 impl Store {
     /// Announces an image file about to be created.
     pub fn intend_image(&self, storage: StorageId) -> Result<(), StoreError> {
-        self.read(|conn| {
-            conn.execute(
+        self.read(|db| {
+            db.exec(
                 "INSERT INTO image_intents (storage, created_ms) VALUES (?1, ?2)",
-                params![storage.to_string(), super::now_ms()],
+                args![storage.to_string(), super::now_ms()],
             )?;
             Ok(())
         })
@@ -84,10 +67,10 @@ impl Store {
 
     /// Withdraws an image announcement (the file was not created, or was removed).
     pub fn drop_intent(&self, storage: StorageId) -> Result<(), StoreError> {
-        self.read(|conn| {
-            conn.execute(
+        self.read(|db| {
+            db.exec(
                 "DELETE FROM image_intents WHERE storage = ?1",
-                [storage.to_string()],
+                args![storage.to_string()],
             )?;
             Ok(())
         })
@@ -95,16 +78,14 @@ impl Store {
 
     /// Storage ids of every drive row, and of every announced image with no row yet.
     pub fn storages(&self) -> Result<(Vec<StorageId>, Vec<StorageId>), StoreError> {
-        self.read(|conn| {
-            let rows = conn
-                .prepare_cached("SELECT storage FROM drives")?
-                .query_map([], |r| parse_col(r.get(0)?))?
-                .collect::<Result<_, _>>()?;
-            let intents = conn
-                .prepare_cached("SELECT storage FROM image_intents")?
-                .query_map([], |r| parse_col(r.get(0)?))?
-                .collect::<Result<_, _>>()?;
-            Ok((rows, intents))
+        self.read(|db| {
+            let column = |sql: &str| -> Result<Vec<StorageId>, StoreError> {
+                db.rows(sql, &[])?.iter().map(|r| r.parse(0)).collect()
+            };
+            Ok((
+                column("SELECT storage FROM drives")?,
+                column("SELECT storage FROM image_intents")?,
+            ))
         })
     }
 
@@ -119,14 +100,13 @@ impl Store {
         next_wrapped: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
-            let staged: bool = tx
-                .query_row(
+            let staged = tx
+                .row(
                     "SELECT next_verifier IS NOT NULL FROM projects WHERE name = ?1",
-                    [d.project.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .ok_or_else(|| StoreError::Missing("Project", d.project.to_string()))?;
+                    args![d.project.as_str()],
+                )?
+                .ok_or_else(|| StoreError::Missing("Project", d.project.to_string()))?
+                .bool(0)?;
             if staged != next_wrapped.is_some() {
                 return Err(StoreError::Changed(format!(
                     "The key of project {} changed meanwhile",
@@ -134,17 +114,11 @@ impl Store {
                 )));
             }
             for o in &d.owners {
-                let taken = tx
-                    .prepare_cached(
-                        "SELECT 1 FROM drives x JOIN drive_owners o ON o.drive = x.id
-                         WHERE x.project = ?1 AND x.name = ?2 AND o.user = ?3",
-                    )?
-                    .query_row(
-                        params![d.project.as_str(), d.name.as_str(), o.as_str()],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some();
+                let taken = tx.exists(
+                    "SELECT 1 FROM drives x JOIN drive_owners o ON o.drive = x.id
+                     WHERE x.project = ?1 AND x.name = ?2 AND o.user = ?3",
+                    args![d.project.as_str(), d.name.as_str(), o.as_str()],
+                )?;
                 if taken {
                     return Err(StoreError::Exists(format!(
                         "Drive {} in project {}",
@@ -152,10 +126,10 @@ impl Store {
                     )));
                 }
             }
-            tx.execute(
+            tx.exec(
                 "INSERT INTO drives (id, storage, name, project, size_mib, wrapped, next_wrapped)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
+                args![
                     d.id.to_string(),
                     d.storage.to_string(),
                     d.name.as_str(),
@@ -166,21 +140,21 @@ impl Store {
                 ],
             )?;
             for o in &d.owners {
-                tx.execute(
+                tx.exec(
                     "INSERT INTO drive_owners (drive, user, project) VALUES (?1, ?2, ?3)",
-                    params![d.id.to_string(), o.as_str(), d.project.as_str()],
+                    args![d.id.to_string(), o.as_str(), d.project.as_str()],
                 )
                 .map_err(|e| {
                     if super::is_constraint(&e) {
                         StoreError::Changed(format!("{o} is no longer a member of {}", d.project))
                     } else {
-                        StoreError::from(e)
+                        e
                     }
                 })?;
             }
-            tx.execute(
+            tx.exec(
                 "DELETE FROM image_intents WHERE storage = ?1",
-                [d.storage.to_string()],
+                args![d.storage.to_string()],
             )?;
             Ok(())
         })
@@ -188,19 +162,16 @@ impl Store {
 
     /// One drive with its wrapped passphrases.
     pub fn drive(&self, id: DriveId) -> Result<Option<DriveRow>, StoreError> {
-        self.read(|conn| load_drive(conn, id))
+        self.read(|db| load_drive(db, id))
     }
 
     /// Every drive.
     pub fn drives(&self) -> Result<Vec<Drive>, StoreError> {
-        self.read(|conn| {
-            let ids: Vec<DriveId> = conn
-                .prepare_cached("SELECT id FROM drives ORDER BY project, name, id")?
-                .query_map([], |r| parse_col(r.get(0)?))?
-                .collect::<Result<_, _>>()?;
+        self.read(|db| {
+            let ids = db.rows("SELECT id FROM drives ORDER BY project, name, id", &[])?;
             let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                if let Some(row) = load_drive(conn, id)? {
+            for id in &ids {
+                if let Some(row) = load_drive(db, id.parse(0)?)? {
                     out.push(row.drive);
                 }
             }
@@ -213,27 +184,25 @@ impl Store {
     /// announced as an image to remove.
     pub fn delete_drive(&self, a: &AuditCtx<'_>, id: DriveId) -> Result<StorageId, StoreError> {
         self.mutate(a, |tx| {
-            let storage: Option<String> = tx
-                .query_row(
+            let storage: StorageId = tx
+                .row(
                     "SELECT storage FROM drives WHERE id = ?1",
-                    [id.to_string()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let storage: StorageId =
-                parse_col(storage.ok_or_else(|| StoreError::Missing("Drive", id.to_string()))?)?;
-            let n = tx.execute(
+                    args![id.to_string()],
+                )?
+                .ok_or_else(|| StoreError::Missing("Drive", id.to_string()))?
+                .parse(0)?;
+            let n = tx.exec(
                 "DELETE FROM drives WHERE id = ?1 AND attached_to IS NULL",
-                [id.to_string()],
+                args![id.to_string()],
             )?;
             if n != 1 {
                 return Err(StoreError::Attached(id.to_string()));
             }
             // Until the file is gone, the intent keeps it known as garbage.
-            tx.execute(
+            tx.exec(
                 "INSERT INTO image_intents (storage, created_ms) VALUES (?1, ?2)
                  ON CONFLICT DO NOTHING",
-                params![storage.to_string(), super::now_ms()],
+                args![storage.to_string(), super::now_ms()],
             )?;
             Ok(storage)
         })
@@ -252,9 +221,9 @@ impl Store {
         owners: &[UserName],
     ) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
-            tx.execute(
+            tx.exec(
                 "UPDATE drives SET attached_to = NULL WHERE id = ?1",
-                [drive.to_string()],
+                args![drive.to_string()],
             )?;
             set_owners(tx, drive, owners)
         })
@@ -268,9 +237,9 @@ impl Store {
         keeper: &UserName,
     ) -> Result<Change, StoreError> {
         self.mutate(a, |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE drives SET attached_to = NULL WHERE id = ?1 AND attached_to IS NOT NULL",
-                [drive.to_string()],
+                args![drive.to_string()],
             )?;
             if n == 0 {
                 return Ok(Change::Unchanged);
@@ -281,22 +250,22 @@ impl Store {
     }
 }
 
-fn set_owners(tx: &Connection, drive: DriveId, owners: &[UserName]) -> Result<(), StoreError> {
-    tx.execute(
+fn set_owners(tx: &dyn Db, drive: DriveId, owners: &[UserName]) -> Result<(), StoreError> {
+    tx.exec(
         "DELETE FROM drive_owners WHERE drive = ?1",
-        [drive.to_string()],
+        args![drive.to_string()],
     )?;
     for o in owners {
-        tx.execute(
+        tx.exec(
             "INSERT INTO drive_owners (drive, user, project)
              SELECT id, ?2, project FROM drives WHERE id = ?1",
-            params![drive.to_string(), o.as_str()],
+            args![drive.to_string(), o.as_str()],
         )
         .map_err(|e| {
             if super::is_constraint(&e) {
                 StoreError::Changed(format!("{o} is no longer a member of the drive's project"))
             } else {
-                StoreError::from(e)
+                e
             }
         })?;
     }

@@ -5,14 +5,16 @@
 //! (sharing, membership, deletion of users) reads its facts and judges them inside that same
 //! transaction (`mutate_checked`), so no interleaving of requests can slip between the check
 //! and the write; the schema's foreign keys back the most important of these rules. The schema
-//! is versioned with `PRAGMA user_version` (`schema::SQLITE`). Methods block; the service
-//! calls them from `spawn_blocking`. Secrets never reach this module except as wrapped
-//! (AES-GCM) passphrases and key verifiers.
+//! is versioned with `PRAGMA user_version` (`schema::SQLITE`). Queries go through the `sql`
+//! seam (`Db`, `Value`, `Row`), so the resource files never name the engine. Methods block;
+//! the service calls them from `spawn_blocking`. Secrets never reach this module except as
+//! wrapped (AES-GCM) passphrases and key verifiers.
 
 mod audit;
 mod drives;
 mod projects;
 mod schema;
+mod sql;
 mod users;
 mod vms;
 
@@ -21,7 +23,8 @@ pub use drives::DriveRow;
 pub use projects::{MemberHoldings, MemberRemoval, ProjectRow};
 pub use vms::RoleFacts;
 
-use rusqlite::{Connection, Transaction};
+use rusqlite::Connection;
+use sql::Db;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -121,12 +124,6 @@ impl<E: From<StoreError>> From<StoreError> for Refusal<E> {
     }
 }
 
-impl<E: From<StoreError>> From<rusqlite::Error> for Refusal<E> {
-    fn from(e: rusqlite::Error) -> Self {
-        Refusal::silent(E::from(StoreError::from(e)))
-    }
-}
-
 /// What an idempotent mutation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -163,26 +160,17 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn parse_col<T: std::str::FromStr>(s: String) -> rusqlite::Result<T> {
-    s.parse::<T>().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            "bad value".into(),
-        )
-    })
-}
-
-fn is_constraint(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+/// Whether the database refused a statement for breaking a constraint (unique, foreign key).
+fn is_constraint(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
         if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
-fn unique(e: rusqlite::Error, what: &str) -> StoreError {
+fn unique(e: StoreError, what: &str) -> StoreError {
     if is_constraint(&e) {
         StoreError::Exists(what.to_owned())
     } else {
-        StoreError::from(e)
+        e
     }
 }
 
@@ -255,19 +243,16 @@ impl Store {
     }
 
     /// Runs a read on the connection.
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn read<T>(&self, f: impl FnOnce(&dyn Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let conn = self.conn.lock().unwrap();
-        f(&conn)
+        f(&*conn)
     }
 
     /// Runs `f` in one transaction and writes the audit row in it.
     fn mutate<T>(
         &self,
         audit: &AuditCtx<'_>,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.mutate_checked(audit, |tx| f(tx).map_err(Refusal::silent))
     }
@@ -276,7 +261,7 @@ impl Store {
     fn mutate_opt<T>(
         &self,
         audit: &AuditCtx<'_>,
-        f: impl FnOnce(&Transaction<'_>) -> Result<Option<T>, StoreError>,
+        f: impl FnOnce(&dyn Db) -> Result<Option<T>, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
@@ -297,7 +282,7 @@ impl Store {
     fn mutate_checked<T, E: From<StoreError>>(
         &self,
         audit: &AuditCtx<'_>,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, Refusal<E>>,
+        f: impl FnOnce(&dyn Db) -> Result<T, Refusal<E>>,
     ) -> Result<T, E> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction().map_err(StoreError::from)?;
@@ -315,7 +300,7 @@ impl Store {
                 audit: Some(outcome),
             }) => {
                 drop(tx);
-                audit::insert(&conn, audit, &outcome).map_err(E::from)?;
+                audit::insert(&*conn, audit, &outcome).map_err(E::from)?;
                 audit::log(audit, &outcome);
                 Err(error)
             }
@@ -325,7 +310,7 @@ impl Store {
     /// Records a refused or failed attempt (its own transaction; nothing else changed).
     pub fn audit_outcome(&self, audit: &AuditCtx<'_>, outcome: &str) -> Result<(), StoreError> {
         let conn = self.conn.lock().unwrap();
-        audit::insert(&conn, audit, outcome)?;
+        audit::insert(&*conn, audit, outcome)?;
         audit::log(audit, outcome);
         Ok(())
     }

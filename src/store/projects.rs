@@ -6,10 +6,10 @@
 //! the client the service promotes it; if it never was, the service undoes it. A pending
 //! re-key that outlives the daemon keeps both pairs working until one of them unlocks.
 
+use super::sql::{args, Db};
 use super::users::load_user;
-use super::{parse_col, AuditCtx, Change, Refusal, Store, StoreError};
+use super::{AuditCtx, Change, Refusal, Store, StoreError};
 use crate::model::{DriveId, DriveName, ProjectName, Role, TeamName, User, UserName, VmId, VmName};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// A project as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,98 +55,102 @@ pub struct MemberRemoval {
     pub drives_transferred: Vec<DriveId>,
 }
 
-pub(super) fn members_of(conn: &Connection, project: &str) -> Result<Vec<UserName>, StoreError> {
-    let mut st =
-        conn.prepare_cached("SELECT user FROM project_members WHERE project = ?1 ORDER BY user")?;
-    let rows = st
-        .query_map([project], |r| parse_col(r.get(0)?))?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+pub(super) fn members_of(db: &dyn Db, project: &str) -> Result<Vec<UserName>, StoreError> {
+    db.rows(
+        "SELECT user FROM project_members WHERE project = ?1 ORDER BY user",
+        args![project],
+    )?
+    .iter()
+    .map(|r| r.parse(0))
+    .collect()
 }
 
-pub(super) fn is_member(conn: &Connection, project: &str, user: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM project_members WHERE project = ?1 AND user = ?2")?
-        .query_row([project, user], |_| Ok(()))
-        .optional()?
-        .is_some())
+pub(super) fn is_member(db: &dyn Db, project: &str, user: &str) -> Result<bool, StoreError> {
+    db.exists(
+        "SELECT 1 FROM project_members WHERE project = ?1 AND user = ?2",
+        args![project, user],
+    )
 }
 
-fn load_project(conn: &Connection, name: &str) -> Result<Option<ProjectRow>, StoreError> {
-    type Row = (String, Vec<u8>, Option<Vec<u8>>, bool);
-    let row: Option<Row> = conn
-        .prepare_cached(
-            "SELECT name, verifier, next_verifier, delivered FROM projects WHERE name = ?1",
-        )?
-        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    let Some((name, verifier, next_verifier, delivered)) = row else {
+fn load_project(db: &dyn Db, name: &str) -> Result<Option<ProjectRow>, StoreError> {
+    let Some(r) = db.row(
+        "SELECT name, verifier, next_verifier, delivered FROM projects WHERE name = ?1",
+        args![name],
+    )?
+    else {
         return Ok(None);
     };
+    let name = r.text(0)?;
     Ok(Some(ProjectRow {
-        members: members_of(conn, &name)?,
-        name: parse_col(name)?,
-        verifier,
-        next_verifier,
-        delivered,
+        members: members_of(db, &name)?,
+        name: r.parse(0)?,
+        verifier: r.bytes(1)?,
+        next_verifier: r.opt_bytes(2)?,
+        delivered: r.bool(3)?,
     }))
 }
 
 /// VMs and drives in a project: (vms, drives).
-fn contents(conn: &Connection, project: &str) -> Result<(i64, i64), StoreError> {
-    Ok(conn.query_row(
-        "SELECT (SELECT COUNT(*) FROM vms WHERE project = ?1),
-                (SELECT COUNT(*) FROM drives WHERE project = ?1)",
-        [project],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?)
+fn contents(db: &dyn Db, project: &str) -> Result<(i64, i64), StoreError> {
+    let r = db
+        .row(
+            "SELECT (SELECT COUNT(*) FROM vms WHERE project = ?1),
+                    (SELECT COUNT(*) FROM drives WHERE project = ?1)",
+            args![project],
+        )?
+        .ok_or(StoreError::NotFound)?;
+    Ok((r.int(0)?, r.int(1)?))
 }
 
 fn holdings_in(
-    tx: &Transaction<'_>,
+    tx: &dyn Db,
     project: &ProjectName,
     user: &UserName,
     transfer_to: Option<&UserName>,
 ) -> Result<MemberHoldings, StoreError> {
     let mut h = MemberHoldings::default();
     let (p, u) = (project.as_str(), user.as_str());
-    let mut st = tx.prepare(
+    let roles = tx.rows(
         "SELECT v.id, v.name, v.team, r.role FROM vm_roles r JOIN vms v ON v.id = r.vm
          WHERE r.project = ?1 AND r.user = ?2 ORDER BY v.created_ms, v.id",
+        args![p, u],
     )?;
-    let rows: Vec<(String, String, String, String)> = st
-        .query_map([p, u], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
-    for (id, name, team, role) in rows {
-        let id: VmId = parse_col(id)?;
-        if role == Role::Owner.as_str() {
-            let others: Vec<UserName> = tx
-                .prepare_cached(
+    for r in &roles {
+        let id: VmId = r.parse(0)?;
+        if r.text(3)? == Role::Owner.as_str() {
+            let others = tx
+                .rows(
                     "SELECT user FROM vm_roles WHERE vm = ?1 AND role = 'owner' AND user != ?2
                      ORDER BY seq",
+                    args![id.to_string(), u],
                 )?
-                .query_map([id.to_string().as_str(), u], |r| parse_col(r.get(0)?))?
-                .collect::<Result<_, _>>()?;
-            h.owned_vms
-                .push((id, parse_col(name)?, parse_col(team)?, others));
+                .iter()
+                .map(|o| o.parse(0))
+                .collect::<Result<Vec<UserName>, _>>()?;
+            let name: VmName = r.parse(1)?;
+            let team: TeamName = r.parse(2)?;
+            h.owned_vms.push((id, name, team, others));
         } else {
             h.user_of.push(id);
         }
     }
-    let mut st = tx.prepare(
+    let drives = tx.rows(
         "SELECT d.id, d.name FROM drive_owners o JOIN drives d ON d.id = o.drive
          WHERE o.project = ?1 AND o.user = ?2 ORDER BY d.name, d.id",
+        args![p, u],
     )?;
-    let rows: Vec<(String, String)> = st
-        .query_map([p, u], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (id, name) in rows {
-        let others: Vec<UserName> = tx
-            .prepare_cached("SELECT user FROM drive_owners WHERE drive = ?1 AND user != ?2")?
-            .query_map([id.as_str(), u], |r| parse_col(r.get(0)?))?
-            .collect::<Result<_, _>>()?;
-        h.owned_drives
-            .push((parse_col(id)?, parse_col(name)?, others));
+    for r in &drives {
+        let id = r.text(0)?;
+        let others = tx
+            .rows(
+                "SELECT user FROM drive_owners WHERE drive = ?1 AND user != ?2",
+                args![&id, u],
+            )?
+            .iter()
+            .map(|o| o.parse(0))
+            .collect::<Result<Vec<UserName>, _>>()?;
+        let name: DriveName = r.parse(1)?;
+        h.owned_drives.push((r.parse(0)?, name, others));
     }
     if let Some(t) = transfer_to {
         if let Some(user) = load_user(tx, t)? {
@@ -168,20 +172,20 @@ impl Store {
         verifier: &[u8],
     ) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO projects (name, verifier, delivered, created_by, created_ms)
                  VALUES (?1, ?2, 0, ?3, ?4)",
-                params![name.as_str(), verifier, a.actor, super::now_ms()],
+                args![name.as_str(), verifier, a.actor, super::now_ms()],
             )
             .map_err(|e| super::unique(e, &format!("Project {name}")))?;
             for m in members {
                 if load_user(tx, m)?.is_none() {
                     return Err(StoreError::Missing("User", m.to_string()));
                 }
-                tx.execute(
+                tx.exec(
                     "INSERT INTO project_members (project, user) VALUES (?1, ?2)
                      ON CONFLICT DO NOTHING",
-                    params![name.as_str(), m.as_str()],
+                    args![name.as_str(), m.as_str()],
                 )?;
             }
             Ok(())
@@ -195,9 +199,9 @@ impl Store {
         name: &ProjectName,
     ) -> Result<bool, StoreError> {
         self.mutate_opt(a, |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE projects SET delivered = 1 WHERE name = ?1 AND delivered = 0",
-                [name.as_str()],
+                args![name.as_str()],
             )?;
             Ok((n == 1).then_some(true))
         })
@@ -211,9 +215,9 @@ impl Store {
             if contents(tx, name.as_str())? != (0, 0) {
                 return Ok(None);
             }
-            let n = tx.execute(
+            let n = tx.exec(
                 "DELETE FROM projects WHERE name = ?1 AND delivered = 0",
-                [name.as_str()],
+                args![name.as_str()],
             )?;
             Ok((n == 1).then_some(true))
         })
@@ -235,7 +239,7 @@ impl Store {
                     drives,
                 });
             }
-            let n = tx.execute("DELETE FROM projects WHERE name = ?1", [name.as_str()])?;
+            let n = tx.exec("DELETE FROM projects WHERE name = ?1", args![name.as_str()])?;
             Ok(if n == 0 {
                 Change::Unchanged
             } else {
@@ -246,19 +250,16 @@ impl Store {
 
     /// One project.
     pub fn project(&self, name: &ProjectName) -> Result<Option<ProjectRow>, StoreError> {
-        self.read(|conn| load_project(conn, name.as_str()))
+        self.read(|db| load_project(db, name.as_str()))
     }
 
     /// Every project by name.
     pub fn projects(&self) -> Result<Vec<ProjectRow>, StoreError> {
-        self.read(|conn| {
-            let names: Vec<String> = conn
-                .prepare_cached("SELECT name FROM projects ORDER BY name")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+        self.read(|db| {
+            let names = db.rows("SELECT name FROM projects ORDER BY name", &[])?;
             let mut out = Vec::with_capacity(names.len());
-            for n in names {
-                if let Some(p) = load_project(conn, &n)? {
+            for n in &names {
+                if let Some(p) = load_project(db, &n.text(0)?)? {
                     out.push(p);
                 }
             }
@@ -280,10 +281,10 @@ impl Store {
             if load_user(tx, user)?.is_none() {
                 return Err(StoreError::Missing("User", user.to_string()));
             }
-            let n = tx.execute(
+            let n = tx.exec(
                 "INSERT INTO project_members (project, user) VALUES (?1, ?2)
                  ON CONFLICT DO NOTHING",
-                params![project.as_str(), user.as_str()],
+                args![project.as_str(), user.as_str()],
             )?;
             Ok(if n == 0 {
                 Change::Unchanged
@@ -320,13 +321,13 @@ impl Store {
                 roles_dropped: h.user_of.clone(),
                 ..Default::default()
             };
-            tx.execute(
+            tx.exec(
                 "DELETE FROM drive_owners WHERE project = ?1 AND user = ?2",
-                [p, u],
+                args![p, u],
             )?;
-            tx.execute(
+            tx.exec(
                 "DELETE FROM vm_roles WHERE project = ?1 AND user = ?2",
-                [p, u],
+                args![p, u],
             )?;
             for (vm, _, _, others) in &h.owned_vms {
                 out.roles_dropped.push(*vm);
@@ -338,25 +339,24 @@ impl Store {
                 }
             }
             for (drive, _, others) in &h.owned_drives {
-                let still: i64 = tx.query_row(
+                let still = tx.int(
                     "SELECT COUNT(*) FROM drive_owners WHERE drive = ?1",
-                    [drive.to_string()],
-                    |r| r.get(0),
+                    args![drive.to_string()],
                 )?;
                 if others.is_empty() && still == 0 {
                     let t =
                         transfer_to.ok_or(StoreError::Missing("Transfer target", String::new()))?;
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO drive_owners (drive, user, project) VALUES (?1, ?2, ?3)
                          ON CONFLICT DO NOTHING",
-                        params![drive.to_string(), t.as_str(), p],
+                        args![drive.to_string(), t.as_str(), p],
                     )?;
                     out.drives_transferred.push(*drive);
                 }
             }
-            tx.execute(
+            tx.exec(
                 "DELETE FROM project_members WHERE project = ?1 AND user = ?2",
-                [p, u],
+                args![p, u],
             )?;
             Ok(out)
         })
@@ -373,19 +373,18 @@ impl Store {
         rewrapped: &[(DriveId, Vec<u8>)],
     ) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE projects SET next_verifier = ?2 WHERE name = ?1",
-                params![project.as_str(), next_verifier],
+                args![project.as_str(), next_verifier],
             )?;
             if n != 1 {
                 return Err(StoreError::Missing("Project", project.to_string()));
             }
             // Every drive of the project must be re-wrapped in this same transaction, or a
             // drive would stay wrapped under a key nobody can rebuild once this is promoted.
-            let count: i64 = tx.query_row(
+            let count = tx.int(
                 "SELECT COUNT(*) FROM drives WHERE project = ?1",
-                [project.as_str()],
-                |r| r.get(0),
+                args![project.as_str()],
             )?;
             if count != rewrapped.len() as i64 {
                 return Err(StoreError::Changed(format!(
@@ -393,9 +392,9 @@ impl Store {
                 )));
             }
             for (id, w) in rewrapped {
-                let n = tx.execute(
+                let n = tx.exec(
                     "UPDATE drives SET next_wrapped = ?2 WHERE id = ?1 AND project = ?3",
-                    params![id.to_string(), w, project.as_str()],
+                    args![id.to_string(), w, project.as_str()],
                 )?;
                 if n != 1 {
                     return Err(StoreError::Changed(format!(
@@ -417,33 +416,32 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.mutate_opt(a, |tx| {
             let staged: Option<Vec<u8>> = tx
-                .query_row(
+                .row(
                     "SELECT next_verifier FROM projects WHERE name = ?1",
-                    [project.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?
+                    args![project.as_str()],
+                )?
+                .map(|r| r.opt_bytes(0))
+                .transpose()?
                 .flatten();
             if staged.as_deref() != Some(next_verifier) {
                 return Ok(None);
             }
-            let unwrapped: i64 = tx.query_row(
+            let unwrapped = tx.int(
                 "SELECT COUNT(*) FROM drives WHERE project = ?1 AND next_wrapped IS NULL",
-                [project.as_str()],
-                |r| r.get(0),
+                args![project.as_str()],
             )?;
             if unwrapped != 0 {
                 return Err(StoreError::Changed(format!(
                     "A drive of project {project} lacks its re-wrapped passphrase"
                 )));
             }
-            tx.execute(
+            tx.exec(
                 "UPDATE drives SET wrapped = next_wrapped, next_wrapped = NULL WHERE project = ?1",
-                [project.as_str()],
+                args![project.as_str()],
             )?;
-            tx.execute(
+            tx.exec(
                 "UPDATE projects SET verifier = next_verifier, next_verifier = NULL WHERE name = ?1",
-                [project.as_str()],
+                args![project.as_str()],
             )?;
             Ok(Some(true))
         })
@@ -459,16 +457,16 @@ impl Store {
         next_verifier: &[u8],
     ) -> Result<bool, StoreError> {
         self.mutate_opt(a, |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE projects SET next_verifier = NULL WHERE name = ?1 AND next_verifier = ?2",
-                params![project.as_str(), next_verifier],
+                args![project.as_str(), next_verifier],
             )?;
             if n == 0 {
                 return Ok(None);
             }
-            tx.execute(
+            tx.exec(
                 "UPDATE drives SET next_wrapped = NULL WHERE project = ?1",
-                [project.as_str()],
+                args![project.as_str()],
             )?;
             Ok(Some(true))
         })
@@ -480,16 +478,14 @@ impl Store {
         &self,
         project: &ProjectName,
     ) -> Result<Vec<WrappedSecrets>, StoreError> {
-        self.read(|conn| {
-            let mut st = conn.prepare_cached(
+        self.read(|db| {
+            db.rows(
                 "SELECT id, wrapped, next_wrapped FROM drives WHERE project = ?1 ORDER BY id",
-            )?;
-            let rows = st
-                .query_map([project.as_str()], |r| {
-                    Ok((parse_col(r.get(0)?)?, r.get(1)?, r.get(2)?))
-                })?
-                .collect::<Result<_, _>>()?;
-            Ok(rows)
+                args![project.as_str()],
+            )?
+            .iter()
+            .map(|r| Ok((r.parse(0)?, r.bytes(1)?, r.opt_bytes(2)?)))
+            .collect()
         })
     }
 }

@@ -1,36 +1,40 @@
 //! The users registry.
 
-use super::{is_constraint, parse_col, AuditCtx, Change, Store, StoreError};
-use crate::model::{TeamName, User, UserName};
-use rusqlite::{params, Connection, OptionalExtension};
+use super::sql::{args, Db, Row};
+use super::{is_constraint, AuditCtx, Change, Store, StoreError};
+use crate::model::{User, UserName};
 
-pub(super) fn row_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+pub(super) fn row_user(r: &Row) -> Result<User, StoreError> {
     Ok(User {
-        name: parse_col(r.get(0)?)?,
-        team: parse_col::<TeamName>(r.get(1)?)?,
-        admin: r.get(2)?,
+        name: r.parse(0)?,
+        team: r.parse(1)?,
+        admin: r.bool(2)?,
     })
 }
 
-pub(super) fn load_user(conn: &Connection, name: &UserName) -> Result<Option<User>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT name, team, admin FROM users WHERE name = ?1")?
-        .query_row([name.as_str()], row_user)
-        .optional()?)
+pub(super) fn load_user(db: &dyn Db, name: &UserName) -> Result<Option<User>, StoreError> {
+    db.row(
+        "SELECT name, team, admin FROM users WHERE name = ?1",
+        args![name.as_str()],
+    )?
+    .map(|r| row_user(&r))
+    .transpose()
 }
 
 /// VM roles and drive ownerships of a user: (roles, drives).
-fn holdings(conn: &Connection, name: &UserName) -> Result<(i64, i64), StoreError> {
-    Ok(conn.query_row(
-        "SELECT (SELECT COUNT(*) FROM vm_roles WHERE user = ?1),
-                (SELECT COUNT(*) FROM drive_owners WHERE user = ?1)",
-        [name.as_str()],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?)
+fn holdings(db: &dyn Db, name: &UserName) -> Result<(i64, i64), StoreError> {
+    let r = db
+        .row(
+            "SELECT (SELECT COUNT(*) FROM vm_roles WHERE user = ?1),
+                    (SELECT COUNT(*) FROM drive_owners WHERE user = ?1)",
+            args![name.as_str()],
+        )?
+        .ok_or(StoreError::NotFound)?;
+    Ok((r.int(0)?, r.int(1)?))
 }
 
-fn refuse_holdings(conn: &Connection, name: &UserName) -> Result<(), StoreError> {
-    let (roles, drives) = holdings(conn, name)?;
+fn refuse_holdings(db: &dyn Db, name: &UserName) -> Result<(), StoreError> {
+    let (roles, drives) = holdings(db, name)?;
     if roles + drives > 0 {
         return Err(StoreError::Holdings {
             user: name.to_string(),
@@ -43,7 +47,7 @@ fn refuse_holdings(conn: &Connection, name: &UserName) -> Result<(), StoreError>
 
 /// The schema refuses what `refuse_holdings` checks; should a row slip past the check, the
 /// foreign key's refusal reads the same.
-fn holdings_error(e: rusqlite::Error, name: &UserName) -> StoreError {
+fn holdings_error(e: StoreError, name: &UserName) -> StoreError {
     if is_constraint(&e) {
         StoreError::Holdings {
             user: name.to_string(),
@@ -51,7 +55,7 @@ fn holdings_error(e: rusqlite::Error, name: &UserName) -> StoreError {
             drives: 0,
         }
     } else {
-        StoreError::from(e)
+        e
     }
 }
 
@@ -65,17 +69,17 @@ impl Store {
                 if old.team != u.team {
                     refuse_holdings(tx, &u.name)?;
                 }
-                tx.execute(
+                tx.exec(
                     "UPDATE users SET team = ?2, admin = ?3 WHERE name = ?1",
-                    params![u.name.as_str(), u.team.as_str(), u.admin],
+                    args![u.name.as_str(), u.team.as_str(), u.admin],
                 )
                 .map_err(|e| holdings_error(e, &u.name))?;
                 Ok(Change::Updated)
             }
             None => {
-                tx.execute(
+                tx.exec(
                     "INSERT INTO users (name, team, admin) VALUES (?1, ?2, ?3)",
-                    params![u.name.as_str(), u.team.as_str(), u.admin],
+                    args![u.name.as_str(), u.team.as_str(), u.admin],
                 )?;
                 Ok(Change::Created)
             }
@@ -88,7 +92,7 @@ impl Store {
         self.mutate(a, |tx| {
             refuse_holdings(tx, name)?;
             let n = tx
-                .execute("DELETE FROM users WHERE name = ?1", [name.as_str()])
+                .exec("DELETE FROM users WHERE name = ?1", args![name.as_str()])
                 .map_err(|e| holdings_error(e, name))?;
             Ok(if n == 0 {
                 Change::Unchanged
@@ -105,11 +109,11 @@ impl Store {
 
     /// Every user by name.
     pub fn users(&self) -> Result<Vec<User>, StoreError> {
-        self.read(|conn| {
-            let mut st =
-                conn.prepare_cached("SELECT name, team, admin FROM users ORDER BY name")?;
-            let rows = st.query_map([], row_user)?.collect::<Result<_, _>>()?;
-            Ok(rows)
+        self.read(|db| {
+            db.rows("SELECT name, team, admin FROM users ORDER BY name", &[])?
+                .iter()
+                .map(row_user)
+                .collect()
         })
     }
 }

@@ -1,10 +1,10 @@
 //! VM configurations, their roles and their lifecycle state.
 
 use super::projects::is_member;
+use super::sql::{args, Db};
 use super::users::load_user;
-use super::{is_constraint, parse_col, AuditCtx, Change, Refusal, Store, StoreError};
-use crate::model::{DriveId, IdlePolicy, Role, User, UserName, Vm, VmId, VmName, VmState};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use super::{is_constraint, AuditCtx, Change, Refusal, Store, StoreError};
+use crate::model::{DriveId, IdlePolicy, Role, User, UserName, Vm, VmId, VmState};
 
 /// What a share or unshare is judged on, read inside the transaction that writes it.
 #[derive(Debug, Clone)]
@@ -23,28 +23,31 @@ pub struct RoleFacts {
 /// losing owner loses them). The role row carries the VM's project and team, so the schema
 /// refuses a role for a non-member or a user of another team.
 pub(super) fn set_role_tx(
-    tx: &Connection,
+    tx: &dyn Db,
     vm: VmId,
     user: &UserName,
     role: Option<Role>,
 ) -> Result<Change, StoreError> {
     let id = vm.to_string();
     let old: Option<String> = tx
-        .prepare_cached("SELECT role FROM vm_roles WHERE vm = ?1 AND user = ?2")?
-        .query_row(params![id, user.as_str()], |r| r.get(0))
-        .optional()?;
+        .row(
+            "SELECT role FROM vm_roles WHERE vm = ?1 AND user = ?2",
+            args![&id, user.as_str()],
+        )?
+        .map(|r| r.text(0))
+        .transpose()?;
     let new = role.map(Role::as_str);
     if old.as_deref() == new {
         return Ok(Change::Unchanged);
     }
     match role {
         Some(r) => {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO vm_roles (vm, user, role, seq, project, team)
                  SELECT id, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM vm_roles WHERE vm = ?1),
                         project, team FROM vms WHERE id = ?1
                  ON CONFLICT (vm, user) DO UPDATE SET role = excluded.role",
-                params![id, user.as_str(), r.as_str()],
+                args![&id, user.as_str(), r.as_str()],
             )
             .map_err(|e| {
                 if is_constraint(&e) {
@@ -52,29 +55,29 @@ pub(super) fn set_role_tx(
                         "{user} is no longer a member of the VM's project or team"
                     ))
                 } else {
-                    StoreError::from(e)
+                    e
                 }
             })?;
         }
         None => {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM vm_roles WHERE vm = ?1 AND user = ?2",
-                params![id, user.as_str()],
+                args![&id, user.as_str()],
             )?;
         }
     }
     if role == Some(Role::Owner) {
-        tx.execute(
+        tx.exec(
             "INSERT INTO drive_owners (drive, user, project)
              SELECT id, ?2, project FROM drives WHERE attached_to = ?1
              ON CONFLICT DO NOTHING",
-            params![id, user.as_str()],
+            args![&id, user.as_str()],
         )?;
     } else if old.as_deref() == Some(Role::Owner.as_str()) {
-        tx.execute(
+        tx.exec(
             "DELETE FROM drive_owners WHERE user = ?2 AND drive IN
              (SELECT id FROM drives WHERE attached_to = ?1)",
-            params![id, user.as_str()],
+            args![&id, user.as_str()],
         )?;
     }
     Ok(if old.is_none() {
@@ -87,68 +90,68 @@ pub(super) fn set_role_tx(
 }
 
 /// Attaches a detached drive of the VM's project; its owners become the VM's owners.
-pub(super) fn attach_tx(tx: &Connection, vm: VmId, drive: DriveId) -> Result<(), StoreError> {
-    let n = tx.execute(
+pub(super) fn attach_tx(tx: &dyn Db, vm: VmId, drive: DriveId) -> Result<(), StoreError> {
+    let n = tx.exec(
         "UPDATE drives SET attached_to = ?1,
              attach_seq = (SELECT COALESCE(MAX(attach_seq), 0) + 1 FROM drives WHERE attached_to = ?1)
          WHERE id = ?2 AND attached_to IS NULL
            AND project = (SELECT project FROM vms WHERE id = ?1)",
-        params![vm.to_string(), drive.to_string()],
+        args![vm.to_string(), drive.to_string()],
     )?;
     if n == 0 {
         return Err(StoreError::Attached(drive.to_string()));
     }
-    tx.execute(
+    tx.exec(
         "DELETE FROM drive_owners WHERE drive = ?1",
-        [drive.to_string()],
+        args![drive.to_string()],
     )?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO drive_owners (drive, user, project)
          SELECT ?2, user, project FROM vm_roles WHERE vm = ?1 AND role = 'owner'",
-        params![vm.to_string(), drive.to_string()],
+        args![vm.to_string(), drive.to_string()],
     )?;
     Ok(())
 }
 
-pub(super) fn load_vms(conn: &Connection, only: Option<VmId>) -> Result<Vec<Vm>, StoreError> {
+pub(super) fn load_vms(db: &dyn Db, only: Option<VmId>) -> Result<Vec<Vm>, StoreError> {
     let only = only.map(|v| v.to_string());
-    let mut st = conn.prepare_cached(
-        "SELECT id, name, project, team, vcpus, memory_mib, idle, state, state_reason FROM vms
-         WHERE (?1 IS NULL OR id = ?1) ORDER BY created_ms, id",
-    )?;
-    let mut vms: Vec<Vm> = st
-        .query_map([&only], |r| {
-            let idle: String = r.get(6)?;
-            let state: String = r.get(7)?;
+    let mut vms: Vec<Vm> = db
+        .rows(
+            "SELECT id, name, project, team, vcpus, memory_mib, idle, state, state_reason
+             FROM vms WHERE (?1 IS NULL OR id = ?1) ORDER BY created_ms, id",
+            args![only.as_deref()],
+        )?
+        .iter()
+        .map(|r| {
             Ok(Vm {
-                id: parse_col(r.get(0)?)?,
-                name: parse_col::<VmName>(r.get(1)?)?,
-                project: parse_col(r.get(2)?)?,
-                team: parse_col(r.get(3)?)?,
-                vcpus: r.get(4)?,
-                memory_mib: r.get::<_, i64>(5)? as u64,
-                idle: IdlePolicy::from_stored(&idle),
-                state: VmState::parse(&state),
-                state_reason: r.get(8)?,
+                id: r.parse(0)?,
+                name: r.parse(1)?,
+                project: r.parse(2)?,
+                team: r.parse(3)?,
+                vcpus: r.u32(4)?,
+                memory_mib: r.int(5)? as u64,
+                idle: IdlePolicy::from_stored(&r.text(6)?),
+                state: VmState::parse(&r.text(7)?),
+                state_reason: r.text(8)?,
                 owners: vec![],
                 users: vec![],
                 drives: vec![],
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        })
+        .collect::<Result<_, StoreError>>()?;
     if vms.is_empty() {
         return Ok(vms);
     }
     let index: std::collections::HashMap<VmId, usize> =
         vms.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
-    let mut roles = conn.prepare_cached(
+    let roles = db.rows(
         "SELECT vm, user, role FROM vm_roles WHERE (?1 IS NULL OR vm = ?1) ORDER BY seq, user",
+        args![only.as_deref()],
     )?;
-    let mut rows = roles.query([&only])?;
-    while let Some(r) = rows.next()? {
-        let vm: VmId = parse_col(r.get(0)?)?;
-        let user: UserName = parse_col(r.get(1)?)?;
-        let role: String = r.get(2)?;
+    for r in &roles {
+        let vm: VmId = r.parse(0)?;
+        let user: UserName = r.parse(1)?;
+        let role = r.text(2)?;
         if let Some(i) = index.get(&vm) {
             if role == Role::Owner.as_str() {
                 vms[*i].owners.push(user);
@@ -157,15 +160,15 @@ pub(super) fn load_vms(conn: &Connection, only: Option<VmId>) -> Result<Vec<Vm>,
             }
         }
     }
-    let mut drives = conn.prepare_cached(
+    let drives = db.rows(
         "SELECT attached_to, id FROM drives
          WHERE attached_to IS NOT NULL AND (?1 IS NULL OR attached_to = ?1)
          ORDER BY attach_seq, id",
+        args![only.as_deref()],
     )?;
-    let mut rows = drives.query([&only])?;
-    while let Some(r) = rows.next()? {
-        let vm: VmId = parse_col(r.get(0)?)?;
-        let d: DriveId = parse_col(r.get(1)?)?;
+    for r in &drives {
+        let vm: VmId = r.parse(0)?;
+        let d: DriveId = r.parse(1)?;
         if let Some(i) = index.get(&vm) {
             vms[*i].drives.push(d);
         }
@@ -173,12 +176,12 @@ pub(super) fn load_vms(conn: &Connection, only: Option<VmId>) -> Result<Vec<Vm>,
     Ok(vms)
 }
 
-pub(super) fn load_vm(conn: &Connection, id: VmId) -> Result<Option<Vm>, StoreError> {
-    Ok(load_vms(conn, Some(id))?.into_iter().next())
+pub(super) fn load_vm(db: &dyn Db, id: VmId) -> Result<Option<Vm>, StoreError> {
+    Ok(load_vms(db, Some(id))?.into_iter().next())
 }
 
 fn role_facts(
-    tx: &Transaction<'_>,
+    tx: &dyn Db,
     vm: VmId,
     caller: &str,
     target: &UserName,
@@ -206,28 +209,22 @@ impl Store {
     /// names of VMs the creator cannot see never conflict.
     pub fn create_vm(&self, a: &AuditCtx<'_>, vm: &Vm) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
-            let taken = tx
-                .prepare_cached(
-                    "SELECT 1 FROM vms v JOIN vm_roles r ON r.vm = v.id
-                     WHERE v.project = ?1 AND v.name = ?2 AND r.user = ?3",
-                )?
-                .query_row(
-                    params![vm.project.as_str(), vm.name.as_str(), a.actor],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            let taken = tx.exists(
+                "SELECT 1 FROM vms v JOIN vm_roles r ON r.vm = v.id
+                 WHERE v.project = ?1 AND v.name = ?2 AND r.user = ?3",
+                args![vm.project.as_str(), vm.name.as_str(), a.actor],
+            )?;
             if taken {
                 return Err(StoreError::Exists(format!(
                     "VM {} in project {}",
                     vm.name, vm.project
                 )));
             }
-            tx.execute(
+            tx.exec(
                 "INSERT INTO vms (id, name, project, team, vcpus, memory_mib, idle, state,
                                   state_reason, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
+                args![
                     vm.id.to_string(),
                     vm.name.as_str(),
                     vm.project.as_str(),
@@ -236,7 +233,7 @@ impl Store {
                     vm.memory_mib as i64,
                     serde_json::to_string(&vm.idle).expect("idle policy serializes"),
                     vm.state.as_str(),
-                    vm.state_reason,
+                    &vm.state_reason,
                     super::now_ms()
                 ],
             )?;
@@ -252,12 +249,12 @@ impl Store {
 
     /// One VM with roles and drives.
     pub fn vm(&self, id: VmId) -> Result<Option<Vm>, StoreError> {
-        self.read(|conn| load_vm(conn, id))
+        self.read(|db| load_vm(db, id))
     }
 
     /// Every VM.
     pub fn vms(&self) -> Result<Vec<Vm>, StoreError> {
-        self.read(|conn| load_vms(conn, None))
+        self.read(|db| load_vms(db, None))
     }
 
     /// Updates size and idle policy; returns whether anything changed.
@@ -270,10 +267,10 @@ impl Store {
         idle: &IdlePolicy,
     ) -> Result<Change, StoreError> {
         self.mutate(a, |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE vms SET vcpus = ?2, memory_mib = ?3, idle = ?4 WHERE id = ?1
                  AND (vcpus != ?2 OR memory_mib != ?3 OR idle != ?4)",
-                params![
+                args![
                     id.to_string(),
                     vcpus,
                     memory_mib as i64,
@@ -291,9 +288,9 @@ impl Store {
     /// Deletes a stopped VM; its drives become detached and stay with their owners.
     pub fn delete_vm(&self, a: &AuditCtx<'_>, id: VmId) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
-            let n = tx.execute(
+            let n = tx.exec(
                 "DELETE FROM vms WHERE id = ?1 AND state = 'stopped'",
-                [id.to_string()],
+                args![id.to_string()],
             )?;
             if n == 0 {
                 return Err(StoreError::Changed(format!("VM {id} is no longer stopped")));
@@ -314,9 +311,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.exec(
             "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
-            params![id.to_string(), state.as_str(), reason],
+            args![id.to_string(), state.as_str(), reason],
         )?;
         super::audit::insert(&tx, a, outcome)?;
         tx.commit()?;
@@ -335,9 +332,9 @@ impl Store {
         reason: &str,
     ) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
-            tx.execute(
+            tx.exec(
                 "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
-                params![id.to_string(), state.as_str(), reason],
+                args![id.to_string(), state.as_str(), reason],
             )?;
             Ok(())
         })
@@ -356,21 +353,18 @@ impl Store {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
         let now: Option<String> = tx
-            .query_row(
-                "SELECT state FROM vms WHERE id = ?1",
-                [id.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
+            .row("SELECT state FROM vms WHERE id = ?1", args![id.to_string()])?
+            .map(|r| r.text(0))
+            .transpose()?;
         let Some(now) = now.map(|s| VmState::parse(&s)) else {
             return Err(StoreError::Missing("VM", id.to_string()));
         };
         if !from.contains(&now) {
             return Ok(Err(now));
         }
-        tx.execute(
+        tx.exec(
             "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
-            params![id.to_string(), to.as_str(), reason],
+            args![id.to_string(), to.as_str(), reason],
         )?;
         tx.commit()?;
         self.generation
