@@ -257,24 +257,42 @@ impl Store {
         self.mutate_checked(audit, |tx| f(tx).map_err(Refusal::silent))
     }
 
+    /// The one place transactions begin and end: runs `f` in a transaction and commits it
+    /// when `f` says something changed (`(out, true)`), bumping the generation; otherwise, or
+    /// when `f` fails, nothing it wrote is kept. (A second engine retries here.)
+    fn transaction<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&dyn Db) -> Result<(T, bool), E>,
+    ) -> Result<T, E> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction().map_err(StoreError::from)?;
+        let (out, changed) = f(&tx)?;
+        if changed {
+            tx.commit().map_err(StoreError::from)?;
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        Ok(out)
+    }
+
     /// Runs `f` in one transaction; `Ok(None)` means nothing changed: no commit, no audit row.
     fn mutate_opt<T>(
         &self,
         audit: &AuditCtx<'_>,
         f: impl FnOnce(&dyn Db) -> Result<Option<T>, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        let mut conn = self.conn.lock().unwrap();
-        let tx = conn.transaction()?;
-        match f(&tx)? {
-            None => Ok(None),
-            Some(out) => {
-                audit::insert(&tx, audit, "ok")?;
-                tx.commit()?;
-                self.generation.fetch_add(1, Ordering::Release);
-                audit::log(audit, "ok");
-                Ok(Some(out))
+        let out = self.transaction(|tx| -> Result<_, StoreError> {
+            match f(tx)? {
+                None => Ok((None, false)),
+                Some(out) => {
+                    audit::insert(tx, audit, "ok")?;
+                    Ok((Some(out), true))
+                }
             }
+        })?;
+        if out.is_some() {
+            audit::log(audit, "ok");
         }
+        Ok(out)
     }
 
     /// Runs `f` in one transaction with the audit row; when `f` refuses, nothing it wrote is
@@ -284,13 +302,13 @@ impl Store {
         audit: &AuditCtx<'_>,
         f: impl FnOnce(&dyn Db) -> Result<T, Refusal<E>>,
     ) -> Result<T, E> {
-        let mut conn = self.conn.lock().unwrap();
-        let tx = conn.transaction().map_err(StoreError::from)?;
-        match f(&tx) {
+        let done = self.transaction(|tx| {
+            let out = f(tx)?;
+            audit::insert(tx, audit, "ok")?;
+            Ok::<_, Refusal<E>>((out, true))
+        });
+        match done {
             Ok(out) => {
-                audit::insert(&tx, audit, "ok").map_err(E::from)?;
-                tx.commit().map_err(StoreError::from)?;
-                self.generation.fetch_add(1, Ordering::Release);
                 audit::log(audit, "ok");
                 Ok(out)
             }
@@ -299,9 +317,7 @@ impl Store {
                 error,
                 audit: Some(outcome),
             }) => {
-                drop(tx);
-                audit::insert(&*conn, audit, &outcome).map_err(E::from)?;
-                audit::log(audit, &outcome);
+                self.audit_outcome(audit, &outcome).map_err(E::from)?;
                 Err(error)
             }
         }

@@ -309,16 +309,14 @@ impl Store {
         reason: &str,
         outcome: &str,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().unwrap();
-        let tx = conn.transaction()?;
-        tx.exec(
-            "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
-            args![id.to_string(), state.as_str(), reason],
-        )?;
-        super::audit::insert(&tx, a, outcome)?;
-        tx.commit()?;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.transaction(|tx| {
+            tx.exec(
+                "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
+                args![id.to_string(), state.as_str(), reason],
+            )?;
+            super::audit::insert(tx, a, outcome)?;
+            Ok::<_, StoreError>(((), true))
+        })?;
         super::audit::log(a, outcome);
         Ok(())
     }
@@ -350,26 +348,23 @@ impl Store {
         to: VmState,
         reason: &str,
     ) -> Result<Result<VmState, VmState>, StoreError> {
-        let mut conn = self.conn.lock().unwrap();
-        let tx = conn.transaction()?;
-        let now: Option<String> = tx
-            .row("SELECT state FROM vms WHERE id = ?1", args![id.to_string()])?
-            .map(|r| r.text(0))
-            .transpose()?;
-        let Some(now) = now.map(|s| VmState::parse(&s)) else {
-            return Err(StoreError::Missing("VM", id.to_string()));
-        };
-        if !from.contains(&now) {
-            return Ok(Err(now));
-        }
-        tx.exec(
-            "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
-            args![id.to_string(), to.as_str(), reason],
-        )?;
-        tx.commit()?;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-        Ok(Ok(now))
+        self.transaction(|tx| {
+            let now: Option<String> = tx
+                .row("SELECT state FROM vms WHERE id = ?1", args![id.to_string()])?
+                .map(|r| r.text(0))
+                .transpose()?;
+            let Some(now) = now.map(|s| VmState::parse(&s)) else {
+                return Err(StoreError::Missing("VM", id.to_string()));
+            };
+            if !from.contains(&now) {
+                return Ok((Err(now), false));
+            }
+            tx.exec(
+                "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
+                args![id.to_string(), to.as_str(), reason],
+            )?;
+            Ok((Ok(now), true))
+        })
     }
 
     /// Grants, changes or removes a role after `check` judged the facts read in the same
