@@ -277,8 +277,8 @@ fn deleting_a_user_races_a_share() {
             let conn = rusqlite::Connection::open(d.db()).unwrap();
             let dangling: i64 = conn
                 .query_row(
-                    "SELECT (SELECT COUNT(*) FROM vm_roles WHERE user NOT IN (SELECT name FROM users))
-                          + (SELECT COUNT(*) FROM drive_owners WHERE user NOT IN (SELECT name FROM users))",
+                    "SELECT (SELECT COUNT(*) FROM vm_roles WHERE username NOT IN (SELECT name FROM users))
+                          + (SELECT COUNT(*) FROM drive_owners WHERE username NOT IN (SELECT name FROM users))",
                     [],
                     |r| r.get(0),
                 )
@@ -350,7 +350,7 @@ fn team_change_races_a_share() {
             let crossed: i64 = conn
                 .query_row(
                     "SELECT COUNT(*) FROM vm_roles r JOIN vms v ON v.id = r.vm
-                     JOIN users u ON u.name = r.user WHERE u.team != v.team",
+                     JOIN users u ON u.name = r.username WHERE u.team != v.team",
                     [],
                     |r| r.get(0),
                 )

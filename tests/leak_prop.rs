@@ -187,7 +187,7 @@ fn forbidden(w: &World, who: &str) -> Vec<(String, String)> {
     let k = w.known.lock().unwrap();
     let member_of: HashSet<String> = rows(
         &w.d,
-        "SELECT project FROM project_members WHERE user = ?1",
+        "SELECT project FROM project_members WHERE username = ?1",
         who,
     );
     let owned = w
@@ -199,7 +199,7 @@ fn forbidden(w: &World, who: &str) -> Vec<(String, String)> {
         .unwrap_or_default();
     let user_of = rows(
         &w.d,
-        "SELECT vm FROM vm_roles WHERE user = ?1 AND role = 'user'",
+        "SELECT vm FROM vm_roles WHERE username = ?1 AND role = 'user'",
         who,
     );
     let attached: HashMap<String, String> = {
@@ -246,7 +246,7 @@ fn note_owners(w: &World) {
     for who in PEOPLE {
         ever.entry(who).or_default().extend(rows(
             &w.d,
-            "SELECT drive FROM drive_owners WHERE user = ?1",
+            "SELECT drive FROM drive_owners WHERE username = ?1",
             who,
         ));
     }

@@ -75,7 +75,7 @@ struct World {
 fn owned_drives(d: &Daemon, user: &str) -> HashSet<String> {
     let conn = rusqlite::Connection::open(d.db()).unwrap();
     let mut st = conn
-        .prepare("SELECT drive FROM drive_owners WHERE user = ?1")
+        .prepare("SELECT drive FROM drive_owners WHERE username = ?1")
         .unwrap();
     st.query_map([user], |r| r.get::<_, String>(0))
         .unwrap()
@@ -126,20 +126,20 @@ async fn check_invariants(w: &World) {
         "more owners than sharing.max_owners"
     );
     assert_eq!(
-        count(&w.d, "SELECT COUNT(*) FROM vm_roles r JOIN vms v ON v.id = r.vm JOIN users u ON u.name = r.user WHERE u.team != v.team"),
+        count(&w.d, "SELECT COUNT(*) FROM vm_roles r JOIN vms v ON v.id = r.vm JOIN users u ON u.name = r.username WHERE u.team != v.team"),
         0,
         "a role crossed teams"
     );
     // Rule 7: the owners of an attached drive are exactly its VM's owners.
     assert_eq!(
         count(&w.d, "SELECT COUNT(*) FROM drives d JOIN vm_roles r ON r.vm = d.attached_to AND r.role = 'owner'
-                     WHERE NOT EXISTS (SELECT 1 FROM drive_owners o WHERE o.drive = d.id AND o.user = r.user)"),
+                     WHERE NOT EXISTS (SELECT 1 FROM drive_owners o WHERE o.drive = d.id AND o.username = r.username)"),
         0,
         "a VM owner lacks its drive"
     );
     assert_eq!(
         count(&w.d, "SELECT COUNT(*) FROM drives d JOIN drive_owners o ON o.drive = d.id WHERE d.attached_to IS NOT NULL
-                     AND NOT EXISTS (SELECT 1 FROM vm_roles r WHERE r.vm = d.attached_to AND r.user = o.user AND r.role = 'owner')"),
+                     AND NOT EXISTS (SELECT 1 FROM vm_roles r WHERE r.vm = d.attached_to AND r.username = o.username AND r.role = 'owner')"),
         0,
         "someone owns an attached drive without owning its VM"
     );
@@ -201,7 +201,7 @@ async fn check_invariants(w: &World) {
 fn roles_of(d: &Daemon, user: &str, role: &str) -> HashSet<String> {
     let conn = rusqlite::Connection::open(d.db()).unwrap();
     let mut st = conn
-        .prepare("SELECT vm FROM vm_roles WHERE user = ?1 AND role = ?2")
+        .prepare("SELECT vm FROM vm_roles WHERE username = ?1 AND role = ?2")
         .unwrap();
     st.query_map([user, role], |r| r.get::<_, String>(0))
         .unwrap()

@@ -32,7 +32,7 @@ fn load_drive(db: &dyn Db, id: DriveId) -> Result<Option<DriveRow>, StoreError> 
     };
     let owners = db
         .rows(
-            "SELECT user FROM drive_owners WHERE drive = ?1 ORDER BY user",
+            "SELECT username FROM drive_owners WHERE drive = ?1 ORDER BY username",
             args![id.to_string()],
         )?
         .iter()
@@ -116,7 +116,7 @@ impl Store {
             for o in &d.owners {
                 let taken = tx.exists(
                     "SELECT 1 FROM drives x JOIN drive_owners o ON o.drive = x.id
-                     WHERE x.project = ?1 AND x.name = ?2 AND o.user = ?3",
+                     WHERE x.project = ?1 AND x.name = ?2 AND o.username = ?3",
                     args![d.project.as_str(), d.name.as_str(), o.as_str()],
                 )?;
                 if taken {
@@ -141,7 +141,7 @@ impl Store {
             )?;
             for o in &d.owners {
                 tx.exec(
-                    "INSERT INTO drive_owners (drive, user, project) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO drive_owners (drive, username, project) VALUES (?1, ?2, ?3)",
                     args![d.id.to_string(), o.as_str(), d.project.as_str()],
                 )
                 .map_err(|e| {
@@ -257,7 +257,7 @@ fn set_owners(tx: &dyn Db, drive: DriveId, owners: &[UserName]) -> Result<(), St
     )?;
     for o in owners {
         tx.exec(
-            "INSERT INTO drive_owners (drive, user, project)
+            "INSERT INTO drive_owners (drive, username, project)
              SELECT id, ?2, project FROM drives WHERE id = ?1",
             args![drive.to_string(), o.as_str()],
         )

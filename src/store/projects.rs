@@ -57,7 +57,7 @@ pub struct MemberRemoval {
 
 pub(super) fn members_of(db: &dyn Db, project: &str) -> Result<Vec<UserName>, StoreError> {
     db.rows(
-        "SELECT user FROM project_members WHERE project = ?1 ORDER BY user",
+        "SELECT username FROM project_members WHERE project = ?1 ORDER BY username",
         args![project],
     )?
     .iter()
@@ -67,7 +67,7 @@ pub(super) fn members_of(db: &dyn Db, project: &str) -> Result<Vec<UserName>, St
 
 pub(super) fn is_member(db: &dyn Db, project: &str, user: &str) -> Result<bool, StoreError> {
     db.exists(
-        "SELECT 1 FROM project_members WHERE project = ?1 AND user = ?2",
+        "SELECT 1 FROM project_members WHERE project = ?1 AND username = ?2",
         args![project, user],
     )
 }
@@ -112,7 +112,7 @@ fn holdings_in(
     let (p, u) = (project.as_str(), user.as_str());
     let roles = tx.rows(
         "SELECT v.id, v.name, v.team, r.role FROM vm_roles r JOIN vms v ON v.id = r.vm
-         WHERE r.project = ?1 AND r.user = ?2 ORDER BY v.created_ms, v.id",
+         WHERE r.project = ?1 AND r.username = ?2 ORDER BY v.created_ms, v.id",
         args![p, u],
     )?;
     for r in &roles {
@@ -120,7 +120,7 @@ fn holdings_in(
         if r.text(3)? == Role::Owner.as_str() {
             let others = tx
                 .rows(
-                    "SELECT user FROM vm_roles WHERE vm = ?1 AND role = 'owner' AND user != ?2
+                    "SELECT username FROM vm_roles WHERE vm = ?1 AND role = 'owner' AND username != ?2
                      ORDER BY seq",
                     args![id.to_string(), u],
                 )?
@@ -136,14 +136,14 @@ fn holdings_in(
     }
     let drives = tx.rows(
         "SELECT d.id, d.name FROM drive_owners o JOIN drives d ON d.id = o.drive
-         WHERE o.project = ?1 AND o.user = ?2 ORDER BY d.name, d.id",
+         WHERE o.project = ?1 AND o.username = ?2 ORDER BY d.name, d.id",
         args![p, u],
     )?;
     for r in &drives {
         let id = r.text(0)?;
         let others = tx
             .rows(
-                "SELECT user FROM drive_owners WHERE drive = ?1 AND user != ?2",
+                "SELECT username FROM drive_owners WHERE drive = ?1 AND username != ?2",
                 args![&id, u],
             )?
             .iter()
@@ -183,7 +183,7 @@ impl Store {
                     return Err(StoreError::Missing("User", m.to_string()));
                 }
                 tx.exec(
-                    "INSERT INTO project_members (project, user) VALUES (?1, ?2)
+                    "INSERT INTO project_members (project, username) VALUES (?1, ?2)
                      ON CONFLICT DO NOTHING",
                     args![name.as_str(), m.as_str()],
                 )?;
@@ -282,7 +282,7 @@ impl Store {
                 return Err(StoreError::Missing("User", user.to_string()));
             }
             let n = tx.exec(
-                "INSERT INTO project_members (project, user) VALUES (?1, ?2)
+                "INSERT INTO project_members (project, username) VALUES (?1, ?2)
                  ON CONFLICT DO NOTHING",
                 args![project.as_str(), user.as_str()],
             )?;
@@ -322,11 +322,11 @@ impl Store {
                 ..Default::default()
             };
             tx.exec(
-                "DELETE FROM drive_owners WHERE project = ?1 AND user = ?2",
+                "DELETE FROM drive_owners WHERE project = ?1 AND username = ?2",
                 args![p, u],
             )?;
             tx.exec(
-                "DELETE FROM vm_roles WHERE project = ?1 AND user = ?2",
+                "DELETE FROM vm_roles WHERE project = ?1 AND username = ?2",
                 args![p, u],
             )?;
             for (vm, _, _, others) in &h.owned_vms {
@@ -347,7 +347,7 @@ impl Store {
                     let t =
                         transfer_to.ok_or(StoreError::Missing("Transfer target", String::new()))?;
                     tx.exec(
-                        "INSERT INTO drive_owners (drive, user, project) VALUES (?1, ?2, ?3)
+                        "INSERT INTO drive_owners (drive, username, project) VALUES (?1, ?2, ?3)
                          ON CONFLICT DO NOTHING",
                         args![drive.to_string(), t.as_str(), p],
                     )?;
@@ -355,7 +355,7 @@ impl Store {
                 }
             }
             tx.exec(
-                "DELETE FROM project_members WHERE project = ?1 AND user = ?2",
+                "DELETE FROM project_members WHERE project = ?1 AND username = ?2",
                 args![p, u],
             )?;
             Ok(out)

@@ -196,4 +196,12 @@ CREATE INDEX drives_attached ON drives(attached_to);
 CREATE INDEX drive_owners_user ON drive_owners(user);
 CREATE INDEX drive_owners_member ON drive_owners(project, user);
 "#,
+    // 3: the user-name columns are called `username`: `user` is a reserved word in SQL
+    // (PostgreSQL reads a bare `user` as the session's login, without an error). SQLite
+    // renames the column in the foreign keys and indexes that name it too.
+    r#"
+ALTER TABLE project_members RENAME COLUMN user TO username;
+ALTER TABLE vm_roles RENAME COLUMN user TO username;
+ALTER TABLE drive_owners RENAME COLUMN user TO username;
+"#,
 ];

@@ -276,8 +276,24 @@ fn schema_holds_the_role_invariants() {
         .execute("UPDATE users SET team = 'far' WHERE name = 'bob'", [])
         .is_err());
     assert!(conn
-        .execute("DELETE FROM project_members WHERE user = 'bob'", [])
+        .execute("DELETE FROM project_members WHERE username = 'bob'", [])
         .is_err());
+}
+
+/// `user` is a reserved word in SQL (PostgreSQL reads it as the login); no column is called so.
+#[test]
+fn no_column_is_called_user() {
+    let (_d, s) = setup();
+    let conn = s.conn.lock().unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master m JOIN pragma_table_info(m.name) c
+             WHERE m.type = 'table' AND c.name = 'user'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
 }
 
 #[test]

@@ -25,8 +25,8 @@ pub(super) fn load_user(db: &dyn Db, name: &UserName) -> Result<Option<User>, St
 fn holdings(db: &dyn Db, name: &UserName) -> Result<(i64, i64), StoreError> {
     let r = db
         .row(
-            "SELECT (SELECT COUNT(*) FROM vm_roles WHERE user = ?1),
-                    (SELECT COUNT(*) FROM drive_owners WHERE user = ?1)",
+            "SELECT (SELECT COUNT(*) FROM vm_roles WHERE username = ?1),
+                    (SELECT COUNT(*) FROM drive_owners WHERE username = ?1)",
             args![name.as_str()],
         )?
         .ok_or(StoreError::NotFound)?;

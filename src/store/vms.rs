@@ -31,7 +31,7 @@ pub(super) fn set_role_tx(
     let id = vm.to_string();
     let old: Option<String> = tx
         .row(
-            "SELECT role FROM vm_roles WHERE vm = ?1 AND user = ?2",
+            "SELECT role FROM vm_roles WHERE vm = ?1 AND username = ?2",
             args![&id, user.as_str()],
         )?
         .map(|r| r.text(0))
@@ -43,10 +43,10 @@ pub(super) fn set_role_tx(
     match role {
         Some(r) => {
             tx.exec(
-                "INSERT INTO vm_roles (vm, user, role, seq, project, team)
+                "INSERT INTO vm_roles (vm, username, role, seq, project, team)
                  SELECT id, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM vm_roles WHERE vm = ?1),
                         project, team FROM vms WHERE id = ?1
-                 ON CONFLICT (vm, user) DO UPDATE SET role = excluded.role",
+                 ON CONFLICT (vm, username) DO UPDATE SET role = excluded.role",
                 args![&id, user.as_str(), r.as_str()],
             )
             .map_err(|e| {
@@ -61,21 +61,21 @@ pub(super) fn set_role_tx(
         }
         None => {
             tx.exec(
-                "DELETE FROM vm_roles WHERE vm = ?1 AND user = ?2",
+                "DELETE FROM vm_roles WHERE vm = ?1 AND username = ?2",
                 args![&id, user.as_str()],
             )?;
         }
     }
     if role == Some(Role::Owner) {
         tx.exec(
-            "INSERT INTO drive_owners (drive, user, project)
+            "INSERT INTO drive_owners (drive, username, project)
              SELECT id, ?2, project FROM drives WHERE attached_to = ?1
              ON CONFLICT DO NOTHING",
             args![&id, user.as_str()],
         )?;
     } else if old.as_deref() == Some(Role::Owner.as_str()) {
         tx.exec(
-            "DELETE FROM drive_owners WHERE user = ?2 AND drive IN
+            "DELETE FROM drive_owners WHERE username = ?2 AND drive IN
              (SELECT id FROM drives WHERE attached_to = ?1)",
             args![&id, user.as_str()],
         )?;
@@ -106,8 +106,8 @@ pub(super) fn attach_tx(tx: &dyn Db, vm: VmId, drive: DriveId) -> Result<(), Sto
         args![drive.to_string()],
     )?;
     tx.exec(
-        "INSERT INTO drive_owners (drive, user, project)
-         SELECT ?2, user, project FROM vm_roles WHERE vm = ?1 AND role = 'owner'",
+        "INSERT INTO drive_owners (drive, username, project)
+         SELECT ?2, username, project FROM vm_roles WHERE vm = ?1 AND role = 'owner'",
         args![vm.to_string(), drive.to_string()],
     )?;
     Ok(())
@@ -145,7 +145,7 @@ pub(super) fn load_vms(db: &dyn Db, only: Option<VmId>) -> Result<Vec<Vm>, Store
     let index: std::collections::HashMap<VmId, usize> =
         vms.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
     let roles = db.rows(
-        "SELECT vm, user, role FROM vm_roles WHERE (?1 IS NULL OR vm = ?1) ORDER BY seq, user",
+        "SELECT vm, username, role FROM vm_roles WHERE (?1 IS NULL OR vm = ?1) ORDER BY seq, username",
         args![only.as_deref()],
     )?;
     for r in &roles {
@@ -211,7 +211,7 @@ impl Store {
         self.mutate(a, |tx| {
             let taken = tx.exists(
                 "SELECT 1 FROM vms v JOIN vm_roles r ON r.vm = v.id
-                 WHERE v.project = ?1 AND v.name = ?2 AND r.user = ?3",
+                 WHERE v.project = ?1 AND v.name = ?2 AND r.username = ?3",
                 args![vm.project.as_str(), vm.name.as_str(), a.actor],
             )?;
             if taken {
