@@ -6,7 +6,7 @@
 //! the client the service promotes it; if it never was, the service undoes it. A pending
 //! re-key that outlives the daemon keeps both pairs working until one of them unlocks.
 
-use super::sql::{args, Db};
+use super::sql::{args, Db, Row};
 use super::users::load_user;
 use super::{AuditCtx, Change, Refusal, Store, StoreError};
 use crate::model::{DriveId, DriveName, ProjectName, Role, TeamName, User, UserName, VmId, VmName};
@@ -80,14 +80,19 @@ fn load_project(db: &dyn Db, name: &str) -> Result<Option<ProjectRow>, StoreErro
     else {
         return Ok(None);
     };
-    let name = r.text(0)?;
-    Ok(Some(ProjectRow {
-        members: members_of(db, &name)?,
+    let members = members_of(db, &r.text(0)?)?;
+    project_row(&r, members).map(Some)
+}
+
+/// A row of `SELECT name, verifier, next_verifier, delivered FROM projects`.
+fn project_row(r: &Row, members: Vec<UserName>) -> Result<ProjectRow, StoreError> {
+    Ok(ProjectRow {
+        members,
         name: r.parse(0)?,
         verifier: r.bytes(1)?,
         next_verifier: r.opt_bytes(2)?,
         delivered: r.bool(3)?,
-    }))
+    })
 }
 
 /// VMs and drives in a project: (vms, drives).
@@ -255,15 +260,23 @@ impl Store {
 
     /// Every project by name.
     pub fn projects(&self) -> Result<Vec<ProjectRow>, StoreError> {
+        // Two queries whatever the number of projects (a remote database pays per round trip).
         self.read(|db| {
-            let names = db.rows("SELECT name FROM projects ORDER BY name", &[])?;
-            let mut out = Vec::with_capacity(names.len());
-            for n in &names {
-                if let Some(p) = load_project(db, &n.text(0)?)? {
-                    out.push(p);
-                }
+            let mut members: std::collections::HashMap<String, Vec<UserName>> =
+                std::collections::HashMap::new();
+            for r in db.rows(
+                "SELECT project, username FROM project_members ORDER BY username",
+                &[],
+            )? {
+                members.entry(r.text(0)?).or_default().push(r.parse(1)?);
             }
-            Ok(out)
+            db.rows(
+                "SELECT name, verifier, next_verifier, delivered FROM projects ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(|r| project_row(r, members.remove(&r.text(0)?).unwrap_or_default()))
+            .collect()
         })
     }
 
