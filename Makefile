@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test setup build lint bench clean deb package-test contract-tools fuzz
+.PHONY: run test setup build lint bench clean deb package-test contract-tools fuzz test-postgres
 
 setup:
 	bash scripts/setup-host.sh
@@ -24,6 +24,7 @@ lint:
 # purge.
 test: setup lint contract-tools
 	$(CARGO) test
+	$(MAKE) test-postgres
 	$(MAKE) fuzz
 	$(MAKE) package-test
 
@@ -39,6 +40,11 @@ contract-tools:
 # Each fuzz target for FUZZ_SECONDS (default 60) from its corpus in fuzz/corpus/<target>;
 # new inputs it finds are kept there. Stable rustc builds them with RUSTC_BOOTSTRAP=1.
 FUZZ_SECONDS ?= 60
+# The socket suites that already run on PostgreSQL too (each daemon on a database of a
+# throwaway cluster); the store's own tests run on both engines in every `cargo test`.
+test-postgres:
+	VMWARDEN_TEST_STORE=postgres $(CARGO) test --test sharing --test leaks --test idle_events --test cli
+
 fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what vmwarden needs on a Debian 12 host (libvirt and QEMU from the same
-# backports suite as the shipped qemu-utils) and starts virtlogd and libvirtd when
+# backports suite as the shipped qemu-utils; PostgreSQL for the store's tests) and starts virtlogd and libvirtd when
 # they are not running (PID 1 may not be systemd). Idempotent.
 set -euo pipefail
 
@@ -14,6 +14,8 @@ done
 for t in sqlite3 python3 socat tini setpriv; do command -v "$t" >/dev/null || need_install=1; done
 # The contract tests' virtualenv (schemathesis, openapi-python-client) needs venv and pip.
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_install=1
+# The store's tests start a throwaway PostgreSQL cluster (initdb, postgres) of their own.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_install=1
 
 if [ "$need_install" = 1 ]; then
   if [ -f "$sources" ] && ! grep -q 'bookworm-backports' "$sources"; then
@@ -23,7 +25,7 @@ if [ "$need_install" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q -t bookworm-backports --no-install-recommends "${pkgs[@]}"
-  apt-get install -y -q --no-install-recommends sqlite3 socat python3 python3-venv tini util-linux
+  apt-get install -y -q --no-install-recommends sqlite3 socat python3 python3-venv tini util-linux postgresql
 fi
 
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then

@@ -126,9 +126,11 @@ fn service_status(e: &ServiceError) -> StatusCode {
             | StoreError::NotEmpty { .. } => S::CONFLICT,
             StoreError::NotFound | StoreError::Missing(..) => S::NOT_FOUND,
             StoreError::Full => S::INSUFFICIENT_STORAGE,
-            StoreError::Sqlite(_) | StoreError::Io(_) | StoreError::TooNew(..) => {
-                S::INTERNAL_SERVER_ERROR
-            }
+            StoreError::Sqlite(_)
+            | StoreError::Postgres(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Io(_)
+            | StoreError::TooNew(..) => S::INTERNAL_SERVER_ERROR,
         },
         ServiceError::Task => S::INTERNAL_SERVER_ERROR,
     }

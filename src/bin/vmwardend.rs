@@ -70,18 +70,29 @@ async fn run(
         )
         .with_context(|| format!("Cannot set the mode of {}", state_dir.display()))?;
     }
-    let store = Arc::new(store::Store::open(&cfg.db_path()).context("Cannot open the store")?);
+    // The store blocks (and the PostgreSQL client refuses to run on the reactor's threads).
+    let (db_path, pg_url) = (cfg.db_path(), cfg.store.postgres().map(str::to_owned));
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || match pg_url {
+            Some(url) => store::Store::connect(&url),
+            None => store::Store::open(&db_path),
+        })
+        .await?
+        .context("Cannot open the store")?,
+    );
     let hv = Arc::new(Libvirt::new(&cfg.libvirt.uri, cfg.libvirt.domain_type));
     // A launch that died between defining and undefining its ephemeral secret (daemon killed)
     // leaves the passphrase in libvirtd. Nothing of ours runs yet, so remove any now; a hung
     // libvirtd gets two seconds, not the start-up.
     let purge = hv.clone();
-    let drives: std::collections::HashSet<String> = store
-        .drives()
-        .context("Cannot read the store")?
-        .into_iter()
-        .map(|d| d.id.to_string())
-        .collect();
+    let s2 = store.clone();
+    let drives: std::collections::HashSet<String> =
+        tokio::task::spawn_blocking(move || s2.drives())
+            .await?
+            .context("Cannot read the store")?
+            .into_iter()
+            .map(|d| d.id.to_string())
+            .collect();
     let purged = tokio::time::timeout(
         Duration::from_secs(2),
         tokio::task::spawn_blocking(move || {

@@ -105,7 +105,11 @@ impl ServiceError {
                 StoreError::Attached(_) => "drive_attached",
                 StoreError::Holdings { .. } => "user_has_roles",
                 StoreError::NotEmpty { .. } => "project_not_empty",
-                StoreError::Sqlite(_) | StoreError::Io(_) | StoreError::TooNew(..) => "store_error",
+                StoreError::Sqlite(_)
+                | StoreError::Postgres(_)
+                | StoreError::Unavailable(_)
+                | StoreError::Io(_)
+                | StoreError::TooNew(..) => "store_error",
             },
             ServiceError::Task => "internal",
         }

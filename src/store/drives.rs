@@ -56,23 +56,23 @@ fn load_drive(db: &dyn Db, id: DriveId) -> Result<Option<DriveRow>, StoreError> 
 impl Store {
     /// Announces an image file about to be created.
     pub fn intend_image(&self, storage: StorageId) -> Result<(), StoreError> {
-        self.read(|db| {
+        self.transaction(|db| {
             db.exec(
                 "INSERT INTO image_intents (storage, created_ms) VALUES (?1, ?2)",
                 args![storage.to_string(), super::now_ms()],
             )?;
-            Ok(())
+            Ok::<_, StoreError>(((), true))
         })
     }
 
     /// Withdraws an image announcement (the file was not created, or was removed).
     pub fn drop_intent(&self, storage: StorageId) -> Result<(), StoreError> {
-        self.read(|db| {
+        self.transaction(|db| {
             db.exec(
                 "DELETE FROM image_intents WHERE storage = ?1",
                 args![storage.to_string()],
             )?;
-            Ok(())
+            Ok::<_, StoreError>(((), true))
         })
     }
 

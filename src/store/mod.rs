@@ -1,4 +1,5 @@
-//! Durable state in one SQLite file (WAL, synchronous=FULL, foreign keys on).
+//! Durable state: one SQLite file (WAL, synchronous=FULL, foreign keys on), or a PostgreSQL
+//! database (`pg`, `[store] url`) that the agents of an enclave will share.
 //!
 //! Every mutation is one transaction that also writes its audit row, so an acknowledged change
 //! and its audit entry are on disk together or not at all. A mutation whose rules span rows
@@ -12,6 +13,7 @@
 
 mod audit;
 mod drives;
+mod pg;
 mod projects;
 mod schema;
 mod sql;
@@ -36,6 +38,12 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("Database: {0}")]
     Sqlite(rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("Database: {0}")]
+    Postgres(postgres::Error),
+    /// PostgreSQL cannot be reached.
+    #[error("The database is unreachable: {0}")]
+    Unavailable(String),
     /// The file system holding the database is full.
     #[error("The state directory is full")]
     Full,
@@ -93,6 +101,23 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        match e.code() {
+            Some(c) if *c == SqlState::DISK_FULL => StoreError::Full,
+            Some(c)
+                if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+            {
+                StoreError::Changed("Another agent changed this meanwhile; try again".into())
+            }
+            _ if e.is_closed() => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Postgres(e),
+        }
+    }
+}
+
 /// A refused mutation: the caller's error, and the audit outcome to record for it (`None`:
 /// record nothing, for refusals that must leave no trace such as hidden objects).
 #[derive(Debug)]
@@ -138,9 +163,18 @@ pub enum Change {
     Removed,
 }
 
+/// Where the data lives.
+enum Engine {
+    /// One SQLite file; one connection, so every transaction runs alone.
+    Sqlite(Mutex<Connection>),
+    /// A PostgreSQL database shared by agents. `writer` makes this agent's own writes run
+    /// one at a time, as on SQLite; writes of other agents are kept apart by SERIALIZABLE.
+    Postgres { pool: pg::Handle, writer: Mutex<()> },
+}
+
 /// The database handle.
 pub struct Store {
-    conn: Mutex<Connection>,
+    engine: Engine,
     /// Bumped after every committed change, so readers can cache what they derived from the
     /// store and know exactly when it went stale.
     generation: AtomicU64,
@@ -162,8 +196,14 @@ pub fn now_ms() -> i64 {
 
 /// Whether the database refused a statement for breaking a constraint (unique, foreign key).
 fn is_constraint(e: &StoreError) -> bool {
-    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+            f.code == rusqlite::ErrorCode::ConstraintViolation
+        }
+        // Class 23: integrity constraint violation.
+        StoreError::Postgres(p) => p.code().is_some_and(|c| c.code().starts_with("23")),
+        _ => false,
+    }
 }
 
 fn unique(e: StoreError, what: &str) -> StoreError {
@@ -184,20 +224,36 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         let store = Self {
-            conn: Mutex::new(conn),
+            engine: Engine::Sqlite(Mutex::new(conn)),
             generation: AtomicU64::new(0),
         };
         store.migrate()?;
-        store
-            .conn
-            .lock()
-            .unwrap()
-            .pragma_update(None, "foreign_keys", "ON")?;
+        store.sqlite().pragma_update(None, "foreign_keys", "ON")?;
         Ok(store)
     }
 
+    /// Connects to a PostgreSQL database (`postgres://...`) and brings its schema to this
+    /// build's version. Blocks; never call it on an async worker thread.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            engine: Engine::Postgres {
+                pool: pg::connect(url)?,
+                writer: Mutex::new(()),
+            },
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// The SQLite connection (tests reach under the store with it).
+    fn sqlite(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match &self.engine {
+            Engine::Sqlite(c) => c.lock().unwrap(),
+            Engine::Postgres { .. } => unreachable!("a PostgreSQL store has no SQLite file"),
+        }
+    }
+
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().unwrap();
+        let mut conn = self.sqlite();
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let latest = schema::SQLITE.len() as i64;
         if version > latest {
@@ -233,8 +289,14 @@ impl Store {
 
     /// Schema version now in the file.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        match &self.engine {
+            Engine::Sqlite(c) => {
+                Ok(c.lock()
+                    .unwrap()
+                    .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+            }
+            Engine::Postgres { pool, .. } => pg::version(pool),
+        }
     }
 
     /// The latest schema version this build knows.
@@ -244,8 +306,10 @@ impl Store {
 
     /// Runs a read on the connection.
     fn read<T>(&self, f: impl FnOnce(&dyn Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        f(&*conn)
+        match &self.engine {
+            Engine::Sqlite(c) => f(&*c.lock().unwrap()),
+            Engine::Postgres { pool, .. } => pg::read(pool, f),
+        }
     }
 
     /// Runs `f` in one transaction and writes the audit row in it.
@@ -264,11 +328,22 @@ impl Store {
         &self,
         f: impl FnOnce(&dyn Db) -> Result<(T, bool), E>,
     ) -> Result<T, E> {
-        let mut conn = self.conn.lock().unwrap();
-        let tx = conn.transaction().map_err(StoreError::from)?;
-        let (out, changed) = f(&tx)?;
+        let (out, changed) = match &self.engine {
+            Engine::Sqlite(c) => {
+                let mut conn = c.lock().unwrap();
+                let tx = conn.transaction().map_err(StoreError::from)?;
+                let (out, changed) = f(&tx)?;
+                if changed {
+                    tx.commit().map_err(StoreError::from)?;
+                }
+                (out, changed)
+            }
+            Engine::Postgres { pool, writer } => {
+                let _one = writer.lock().unwrap();
+                pg::write(pool, f)?
+            }
+        };
         if changed {
-            tx.commit().map_err(StoreError::from)?;
             self.generation.fetch_add(1, Ordering::Release);
         }
         Ok(out)
@@ -325,12 +400,16 @@ impl Store {
 
     /// Records a refused or failed attempt (its own transaction; nothing else changed).
     pub fn audit_outcome(&self, audit: &AuditCtx<'_>, outcome: &str) -> Result<(), StoreError> {
-        let conn = self.conn.lock().unwrap();
-        audit::insert(&*conn, audit, outcome)?;
+        self.transaction(|db| {
+            audit::insert(db, audit, outcome)?;
+            Ok::<_, StoreError>(((), true))
+        })?;
         audit::log(audit, outcome);
         Ok(())
     }
 }
 
+#[doc(hidden)]
+pub mod testpg;
 #[cfg(test)]
 mod tests;

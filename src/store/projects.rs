@@ -1,7 +1,7 @@
 //! Projects, their members, key verifiers and the delivery of new share pairs.
 //!
 //! A share pair exists only in the answer that creates it, so a project (or a re-key) is
-//! committed as *undelivered* first: `delivered = 0` for a new project, `next_verifier` and
+//! committed as *undelivered* first: `delivered` false for a new project, `next_verifier` and
 //! `next_wrapped` beside the current ones for a re-key. Once the answer has been written to
 //! the client the service promotes it; if it never was, the service undoes it. A pending
 //! re-key that outlives the daemon keeps both pairs working until one of them unlocks.
@@ -179,7 +179,7 @@ impl Store {
         self.mutate(a, |tx| {
             tx.exec(
                 "INSERT INTO projects (name, verifier, delivered, created_by, created_ms)
-                 VALUES (?1, ?2, 0, ?3, ?4)",
+                 VALUES (?1, ?2, FALSE, ?3, ?4)",
                 args![name.as_str(), verifier, a.actor, super::now_ms()],
             )
             .map_err(|e| super::unique(e, &format!("Project {name}")))?;
@@ -205,7 +205,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.mutate_opt(a, |tx| {
             let n = tx.exec(
-                "UPDATE projects SET delivered = 1 WHERE name = ?1 AND delivered = 0",
+                "UPDATE projects SET delivered = TRUE WHERE name = ?1 AND NOT delivered",
                 args![name.as_str()],
             )?;
             Ok((n == 1).then_some(true))
@@ -221,7 +221,7 @@ impl Store {
                 return Ok(None);
             }
             let n = tx.exec(
-                "DELETE FROM projects WHERE name = ?1 AND delivered = 0",
+                "DELETE FROM projects WHERE name = ?1 AND NOT delivered",
                 args![name.as_str()],
             )?;
             Ok((n == 1).then_some(true))

@@ -105,6 +105,10 @@ fn unreadable(i: usize, what: &str) -> StoreError {
 }
 
 impl Row {
+    pub(super) fn new(values: Vec<Value>) -> Self {
+        Row(values)
+    }
+
     fn at(&self, i: usize) -> Result<&Value, StoreError> {
         self.0
             .get(i)

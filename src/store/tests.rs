@@ -1,4 +1,5 @@
-//! Store tests on a real SQLite file: migrations, idempotent mutations, one audit row per
+//! Store tests on both engines, a real SQLite file and a real PostgreSQL database (a
+//! throwaway cluster, `testpg`): migrations, idempotent mutations, one audit row per
 //! committed change, rule 7 of the sharing rules, attachment exclusivity, the invariants the
 //! schema holds by itself, member removal, staged re-keys and image intents.
 
@@ -38,9 +39,26 @@ fn user(s: &Store, name: &str, team: &str) {
     .unwrap();
 }
 
+/// A populated SQLite store.
 fn setup() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("state.db")).unwrap();
+    (dir, populate(s))
+}
+
+/// The same population on each engine: SQLite, then PostgreSQL.
+fn setups() -> Vec<(Option<tempfile::TempDir>, Store)> {
+    let (dir, s) = setup();
+    let pg = Store::connect(&super::testpg::fresh_database()).unwrap();
+    vec![(Some(dir), s), (None, populate(pg))]
+}
+
+/// A statement under the store's own checks (the schema must refuse it by itself).
+fn raw(s: &Store, sql: &str) -> Result<u64, StoreError> {
+    s.transaction(|db| Ok::<_, StoreError>((db.exec(sql, &[])?, true)))
+}
+
+fn populate(s: Store) -> Store {
     for (u, t) in [
         ("alice", "lab"),
         ("bob", "lab"),
@@ -58,7 +76,7 @@ fn setup() -> (tempfile::TempDir, Store) {
     .unwrap();
     s.project_delivered(&ctx("project.delivered"), &p())
         .unwrap();
-    (dir, s)
+    s
 }
 
 fn vm(id: VmId, drives: Vec<DriveId>) -> Vm {
@@ -144,99 +162,104 @@ fn first_release_database_migrates() {
 
 #[test]
 fn put_user_reports_what_changed() {
-    let (_d, s) = setup();
-    let mut u = User {
-        name: n("erin"),
-        team: TeamName::parse("lab").unwrap(),
-        admin: false,
-    };
-    assert_eq!(s.put_user(&ctx("user.put"), &u).unwrap(), Change::Created);
-    assert_eq!(s.put_user(&ctx("user.put"), &u).unwrap(), Change::Unchanged);
-    u.admin = true;
-    assert_eq!(s.put_user(&ctx("user.put"), &u).unwrap(), Change::Updated);
-    assert_eq!(
-        s.delete_user(&ctx("user.delete"), &u.name).unwrap(),
-        Change::Removed
-    );
-    assert_eq!(
-        s.delete_user(&ctx("user.delete"), &u.name).unwrap(),
-        Change::Unchanged
-    );
+    for (_d, s) in setups() {
+        let mut u = User {
+            name: n("erin"),
+            team: TeamName::parse("lab").unwrap(),
+            admin: false,
+        };
+        assert_eq!(s.put_user(&ctx("user.put"), &u).unwrap(), Change::Created);
+        assert_eq!(s.put_user(&ctx("user.put"), &u).unwrap(), Change::Unchanged);
+        u.admin = true;
+        assert_eq!(s.put_user(&ctx("user.put"), &u).unwrap(), Change::Updated);
+        assert_eq!(
+            s.delete_user(&ctx("user.delete"), &u.name).unwrap(),
+            Change::Removed
+        );
+        assert_eq!(
+            s.delete_user(&ctx("user.delete"), &u.name).unwrap(),
+            Change::Unchanged
+        );
+    }
 }
 
 #[test]
 fn every_mutation_writes_one_audit_row() {
-    let (_d, s) = setup();
-    let before = audit_len(&s);
-    s.add_member(&ctx("project.member_add"), &p(), &n("carol"))
-        .unwrap();
-    let rows = s
-        .audit(&AuditFilter {
-            limit: 100,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(rows.len(), before + 1);
-    assert_eq!(rows[0].action, "project.member_add");
-    assert_eq!(rows[0].outcome, "ok");
+    for (_d, s) in setups() {
+        let before = audit_len(&s);
+        s.add_member(&ctx("project.member_add"), &p(), &n("carol"))
+            .unwrap();
+        let rows = s
+            .audit(&AuditFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), before + 1);
+        assert_eq!(rows[0].action, "project.member_add");
+        assert_eq!(rows[0].outcome, "ok");
+    }
 }
 
 #[test]
 fn failed_mutation_leaves_no_audit_row() {
-    let (_d, s) = setup();
-    let before = audit_len(&s);
-    let e = s
-        .create_project(&ctx("project.create"), &p(), &[], b"v")
-        .unwrap_err();
-    assert!(matches!(e, StoreError::Exists(_)), "{e:?}");
-    assert_eq!(before, audit_len(&s));
+    for (_d, s) in setups() {
+        let before = audit_len(&s);
+        let e = s
+            .create_project(&ctx("project.create"), &p(), &[], b"v")
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Exists(_)), "{e:?}");
+        assert_eq!(before, audit_len(&s));
+    }
 }
 
 #[test]
 fn rule7_owners_follow_drives_and_detach_keeps_it_for_the_detacher() {
-    let (_d, s) = setup();
-    let (d1, vid) = (DriveId::new_random(), VmId::new_random());
-    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
-        .unwrap();
-    s.create_vm(&ctx("vm.create"), &vm(vid, vec![d1])).unwrap();
-    assert_eq!(s.vm(vid).unwrap().unwrap().drives, vec![d1]);
-    s.set_role(&ctx("vm.share"), vid, &n("bob"), Some(Role::Owner))
-        .unwrap();
-    let owners = |s: &Store| s.drive(d1).unwrap().unwrap().drive.owners;
-    assert_eq!(owners(&s), vec![n("alice"), n("bob")]);
-    s.set_role(&ctx("vm.share"), vid, &n("bob"), Some(Role::User))
-        .unwrap();
-    assert_eq!(owners(&s), vec![n("alice")]);
-    s.set_role(&ctx("vm.share"), vid, &n("bob"), Some(Role::Owner))
-        .unwrap();
-    assert_eq!(
-        s.detach(&ctx("drive.detach"), d1, &n("bob")).unwrap(),
-        Change::Removed
-    );
-    let d = s.drive(d1).unwrap().unwrap().drive;
-    assert_eq!((d.owners, d.attached_to), (vec![n("bob")], None));
-    assert!(s.vm(vid).unwrap().unwrap().drives.is_empty());
-    assert_eq!(
-        s.detach(&ctx("drive.detach"), d1, &n("bob")).unwrap(),
-        Change::Unchanged
-    );
+    for (_d, s) in setups() {
+        let (d1, vid) = (DriveId::new_random(), VmId::new_random());
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
+            .unwrap();
+        s.create_vm(&ctx("vm.create"), &vm(vid, vec![d1])).unwrap();
+        assert_eq!(s.vm(vid).unwrap().unwrap().drives, vec![d1]);
+        s.set_role(&ctx("vm.share"), vid, &n("bob"), Some(Role::Owner))
+            .unwrap();
+        let owners = |s: &Store| s.drive(d1).unwrap().unwrap().drive.owners;
+        assert_eq!(owners(&s), vec![n("alice"), n("bob")]);
+        s.set_role(&ctx("vm.share"), vid, &n("bob"), Some(Role::User))
+            .unwrap();
+        assert_eq!(owners(&s), vec![n("alice")]);
+        s.set_role(&ctx("vm.share"), vid, &n("bob"), Some(Role::Owner))
+            .unwrap();
+        assert_eq!(
+            s.detach(&ctx("drive.detach"), d1, &n("bob")).unwrap(),
+            Change::Removed
+        );
+        let d = s.drive(d1).unwrap().unwrap().drive;
+        assert_eq!((d.owners, d.attached_to), (vec![n("bob")], None));
+        assert!(s.vm(vid).unwrap().unwrap().drives.is_empty());
+        assert_eq!(
+            s.detach(&ctx("drive.detach"), d1, &n("bob")).unwrap(),
+            Change::Unchanged
+        );
+    }
 }
 
 #[test]
 fn a_drive_attaches_to_one_vm_only() {
-    let (_d, s) = setup();
-    let d1 = DriveId::new_random();
-    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
-        .unwrap();
-    let (v1, v2) = (VmId::new_random(), VmId::new_random());
-    s.create_vm(&ctx("vm.create"), &vm(v1, vec![d1])).unwrap();
-    let mut second = vm(v2, vec![]);
-    second.name = VmName::parse("db").unwrap();
-    s.create_vm(&ctx("vm.create"), &second).unwrap();
-    assert!(matches!(
-        s.attach(&ctx("drive.attach"), v2, d1),
-        Err(StoreError::Attached(_))
-    ));
+    for (_d, s) in setups() {
+        let d1 = DriveId::new_random();
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
+            .unwrap();
+        let (v1, v2) = (VmId::new_random(), VmId::new_random());
+        s.create_vm(&ctx("vm.create"), &vm(v1, vec![d1])).unwrap();
+        let mut second = vm(v2, vec![]);
+        second.name = VmName::parse("db").unwrap();
+        s.create_vm(&ctx("vm.create"), &second).unwrap();
+        assert!(matches!(
+            s.attach(&ctx("drive.attach"), v2, d1),
+            Err(StoreError::Attached(_))
+        ));
+    }
 }
 
 /// The schema itself refuses a role for a user of another team or outside the project, the
@@ -244,47 +267,43 @@ fn a_drive_attaches_to_one_vm_only() {
 /// whatever the code above it checked.
 #[test]
 fn schema_holds_the_role_invariants() {
-    let (_d, s) = setup();
-    let v = VmId::new_random();
-    s.create_vm(&ctx("vm.create"), &vm(v, vec![])).unwrap();
-    assert!(matches!(
-        s.set_role(&ctx("vm.share"), v, &n("dave"), Some(Role::User)),
-        Err(StoreError::Changed(_))
-    ));
-    assert!(matches!(
-        s.set_role(&ctx("vm.share"), v, &n("carol"), Some(Role::User)),
-        Err(StoreError::Changed(_))
-    ));
-    s.set_role(&ctx("vm.share"), v, &n("bob"), Some(Role::User))
-        .unwrap();
-    assert!(matches!(
-        s.delete_user(&ctx("user.delete"), &n("bob")),
-        Err(StoreError::Holdings { roles: 1, .. })
-    ));
-    let moved = User {
-        name: n("bob"),
-        team: TeamName::parse("far").unwrap(),
-        admin: false,
-    };
-    assert!(matches!(
-        s.put_user(&ctx("user.put"), &moved),
-        Err(StoreError::Holdings { .. })
-    ));
-    // Even a raw statement that skips the check is refused by the foreign keys.
-    let conn = s.conn.lock().unwrap();
-    assert!(conn
-        .execute("UPDATE users SET team = 'far' WHERE name = 'bob'", [])
-        .is_err());
-    assert!(conn
-        .execute("DELETE FROM project_members WHERE username = 'bob'", [])
-        .is_err());
+    for (_d, s) in setups() {
+        let v = VmId::new_random();
+        s.create_vm(&ctx("vm.create"), &vm(v, vec![])).unwrap();
+        assert!(matches!(
+            s.set_role(&ctx("vm.share"), v, &n("dave"), Some(Role::User)),
+            Err(StoreError::Changed(_))
+        ));
+        assert!(matches!(
+            s.set_role(&ctx("vm.share"), v, &n("carol"), Some(Role::User)),
+            Err(StoreError::Changed(_))
+        ));
+        s.set_role(&ctx("vm.share"), v, &n("bob"), Some(Role::User))
+            .unwrap();
+        assert!(matches!(
+            s.delete_user(&ctx("user.delete"), &n("bob")),
+            Err(StoreError::Holdings { roles: 1, .. })
+        ));
+        let moved = User {
+            name: n("bob"),
+            team: TeamName::parse("far").unwrap(),
+            admin: false,
+        };
+        assert!(matches!(
+            s.put_user(&ctx("user.put"), &moved),
+            Err(StoreError::Holdings { .. })
+        ));
+        // Even a raw statement that skips the check is refused by the foreign keys.
+        assert!(raw(&s, "UPDATE users SET team = 'far' WHERE name = 'bob'").is_err());
+        assert!(raw(&s, "DELETE FROM project_members WHERE username = 'bob'").is_err());
+    }
 }
 
 /// `user` is a reserved word in SQL (PostgreSQL reads it as the login); no column is called so.
 #[test]
 fn no_column_is_called_user() {
     let (_d, s) = setup();
-    let conn = s.conn.lock().unwrap();
+    let conn = s.sqlite();
     let n: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master m JOIN pragma_table_info(m.name) c
@@ -298,202 +317,247 @@ fn no_column_is_called_user() {
 
 #[test]
 fn names_are_unique_only_among_what_the_creator_sees() {
-    let (_d, s) = setup();
-    let (d1, d2, d3) = (
-        DriveId::new_random(),
-        DriveId::new_random(),
-        DriveId::new_random(),
-    );
-    let mut a = drive(d1, "alice");
-    a.name = DriveName::parse("data").unwrap();
-    s.create_drive(&ctx("drive.create"), &a, b"w", None)
-        .unwrap();
-    let mut b = drive(d2, "bob");
-    b.name = a.name.clone();
-    s.create_drive(&ctx("drive.create"), &b, b"w", None)
-        .unwrap();
-    let mut again = drive(d3, "alice");
-    again.name = a.name.clone();
-    assert!(matches!(
-        s.create_drive(&ctx("drive.create"), &again, b"w", None),
-        Err(StoreError::Exists(_))
-    ));
-    let v1 = VmId::new_random();
-    s.create_vm(&ctx("vm.create"), &vm(v1, vec![])).unwrap();
-    let mut bobs = vm(VmId::new_random(), vec![]);
-    bobs.owners = vec![n("bob")];
-    let mut bob_ctx = ctx("vm.create");
-    bob_ctx.actor = "bob";
-    s.create_vm(&bob_ctx, &bobs).unwrap();
-    assert!(matches!(
-        s.create_vm(&ctx("vm.create"), &vm(VmId::new_random(), vec![])),
-        Err(StoreError::Exists(_))
-    ));
+    for (_d, s) in setups() {
+        let (d1, d2, d3) = (
+            DriveId::new_random(),
+            DriveId::new_random(),
+            DriveId::new_random(),
+        );
+        let mut a = drive(d1, "alice");
+        a.name = DriveName::parse("data").unwrap();
+        s.create_drive(&ctx("drive.create"), &a, b"w", None)
+            .unwrap();
+        let mut b = drive(d2, "bob");
+        b.name = a.name.clone();
+        s.create_drive(&ctx("drive.create"), &b, b"w", None)
+            .unwrap();
+        let mut again = drive(d3, "alice");
+        again.name = a.name.clone();
+        assert!(matches!(
+            s.create_drive(&ctx("drive.create"), &again, b"w", None),
+            Err(StoreError::Exists(_))
+        ));
+        let v1 = VmId::new_random();
+        s.create_vm(&ctx("vm.create"), &vm(v1, vec![])).unwrap();
+        let mut bobs = vm(VmId::new_random(), vec![]);
+        bobs.owners = vec![n("bob")];
+        let mut bob_ctx = ctx("vm.create");
+        bob_ctx.actor = "bob";
+        s.create_vm(&bob_ctx, &bobs).unwrap();
+        assert!(matches!(
+            s.create_vm(&ctx("vm.create"), &vm(VmId::new_random(), vec![])),
+            Err(StoreError::Exists(_))
+        ));
+    }
 }
 
 #[test]
 fn removing_a_member_drops_roles_and_hands_over_ownership() {
-    let (_d, s) = setup();
-    s.add_member(&ctx("project.member_add"), &p(), &n("carol"))
-        .unwrap();
-    let (d1, v) = (DriveId::new_random(), VmId::new_random());
-    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
-        .unwrap();
-    s.create_vm(&ctx("vm.create"), &vm(v, vec![d1])).unwrap();
-    s.set_role(&ctx("vm.share"), v, &n("bob"), Some(Role::User))
-        .unwrap();
-    // A user's role goes with the membership.
-    let r = s
-        .remove_member::<StoreError>(&ctx("m"), &p(), &n("bob"), None, |_| Ok(()))
-        .unwrap();
-    assert_eq!(r.roles_dropped, vec![v]);
-    assert!(s.vm(v).unwrap().unwrap().users.is_empty());
-    // The check sees what alice owns and may refuse.
-    let refused = s.remove_member::<StoreError>(&ctx("m"), &p(), &n("alice"), None, |h| {
-        assert_eq!(h.owned_vms.len(), 1);
-        assert_eq!(h.owned_drives.len(), 1);
-        Err(Refusal::audited(
-            StoreError::NotFound,
-            "denied:member_owns".into(),
-        ))
-    });
-    assert!(refused.is_err());
-    assert!(s
-        .project(&p())
-        .unwrap()
-        .unwrap()
-        .members
-        .contains(&n("alice")));
-    let last = s
-        .audit(&AuditFilter {
-            limit: 1,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(last[0].outcome, "denied:member_owns");
-    let r = s
-        .remove_member::<StoreError>(&ctx("m"), &p(), &n("alice"), Some(&n("carol")), |_| Ok(()))
-        .unwrap();
-    assert_eq!(
-        (r.vms_transferred, r.change),
-        (vec![v], Some(Change::Removed))
-    );
-    let after = s.vm(v).unwrap().unwrap();
-    assert_eq!(after.owners, vec![n("carol")]);
-    assert_eq!(s.drive(d1).unwrap().unwrap().drive.owners, vec![n("carol")]);
+    for (_d, s) in setups() {
+        s.add_member(&ctx("project.member_add"), &p(), &n("carol"))
+            .unwrap();
+        let (d1, v) = (DriveId::new_random(), VmId::new_random());
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
+            .unwrap();
+        s.create_vm(&ctx("vm.create"), &vm(v, vec![d1])).unwrap();
+        s.set_role(&ctx("vm.share"), v, &n("bob"), Some(Role::User))
+            .unwrap();
+        // A user's role goes with the membership.
+        let r = s
+            .remove_member::<StoreError>(&ctx("m"), &p(), &n("bob"), None, |_| Ok(()))
+            .unwrap();
+        assert_eq!(r.roles_dropped, vec![v]);
+        assert!(s.vm(v).unwrap().unwrap().users.is_empty());
+        // The check sees what alice owns and may refuse.
+        let refused = s.remove_member::<StoreError>(&ctx("m"), &p(), &n("alice"), None, |h| {
+            assert_eq!(h.owned_vms.len(), 1);
+            assert_eq!(h.owned_drives.len(), 1);
+            Err(Refusal::audited(
+                StoreError::NotFound,
+                "denied:member_owns".into(),
+            ))
+        });
+        assert!(refused.is_err());
+        assert!(s
+            .project(&p())
+            .unwrap()
+            .unwrap()
+            .members
+            .contains(&n("alice")));
+        let last = s
+            .audit(&AuditFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(last[0].outcome, "denied:member_owns");
+        let r =
+            s.remove_member::<StoreError>(&ctx("m"), &p(), &n("alice"), Some(&n("carol")), |_| {
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            (r.vms_transferred, r.change),
+            (vec![v], Some(Change::Removed))
+        );
+        let after = s.vm(v).unwrap().unwrap();
+        assert_eq!(after.owners, vec![n("carol")]);
+        assert_eq!(s.drive(d1).unwrap().unwrap().drive.owners, vec![n("carol")]);
+    }
 }
 
 #[test]
 fn staged_rekey_promotes_or_undoes_whole() {
-    let (_d, s) = setup();
-    let d1 = DriveId::new_random();
-    s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"old", None)
+    for (_d, s) in setups() {
+        let d1 = DriveId::new_random();
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"old", None)
+            .unwrap();
+        assert!(matches!(
+            s.stage_rekey(&ctx("r"), &p(), b"v2", &[]),
+            Err(StoreError::Changed(_))
+        ));
+        s.stage_rekey(&ctx("r"), &p(), b"v2", &[(d1, b"new".to_vec())])
+            .unwrap();
+        // A drive created while staged must carry both wrappings.
+        let d2 = DriveId::new_random();
+        assert!(s
+            .create_drive(&ctx("drive.create"), &drive(d2, "alice"), b"old", None)
+            .is_err());
+        s.create_drive(
+            &ctx("drive.create"),
+            &drive(d2, "alice"),
+            b"old",
+            Some(b"new"),
+        )
         .unwrap();
-    assert!(matches!(
-        s.stage_rekey(&ctx("r"), &p(), b"v2", &[]),
-        Err(StoreError::Changed(_))
-    ));
-    s.stage_rekey(&ctx("r"), &p(), b"v2", &[(d1, b"new".to_vec())])
+        assert!(!s.promote_rekey(&ctx("r"), &p(), b"other").unwrap());
+        assert!(s.promote_rekey(&ctx("r"), &p(), b"v2").unwrap());
+        let row = s.project(&p()).unwrap().unwrap();
+        assert_eq!(
+            (row.verifier.as_slice(), row.next_verifier),
+            (&b"v2"[..], None)
+        );
+        assert_eq!(s.drive(d2).unwrap().unwrap().wrapped, b"new");
+        s.stage_rekey(
+            &ctx("r"),
+            &p(),
+            b"v3",
+            &[(d1, b"x".to_vec()), (d2, b"x".to_vec())],
+        )
         .unwrap();
-    // A drive created while staged must carry both wrappings.
-    let d2 = DriveId::new_random();
-    assert!(s
-        .create_drive(&ctx("drive.create"), &drive(d2, "alice"), b"old", None)
-        .is_err());
-    s.create_drive(
-        &ctx("drive.create"),
-        &drive(d2, "alice"),
-        b"old",
-        Some(b"new"),
-    )
-    .unwrap();
-    assert!(!s.promote_rekey(&ctx("r"), &p(), b"other").unwrap());
-    assert!(s.promote_rekey(&ctx("r"), &p(), b"v2").unwrap());
-    let row = s.project(&p()).unwrap().unwrap();
-    assert_eq!(
-        (row.verifier.as_slice(), row.next_verifier),
-        (&b"v2"[..], None)
-    );
-    assert_eq!(s.drive(d2).unwrap().unwrap().wrapped, b"new");
-    s.stage_rekey(
-        &ctx("r"),
-        &p(),
-        b"v3",
-        &[(d1, b"x".to_vec()), (d2, b"x".to_vec())],
-    )
-    .unwrap();
-    assert!(s.undo_rekey(&ctx("r"), &p(), b"v3").unwrap());
-    assert!(!s.undo_rekey(&ctx("r"), &p(), b"v3").unwrap());
-    let row = s.drive(d1).unwrap().unwrap();
-    assert_eq!(
-        (row.wrapped.as_slice(), row.next_wrapped),
-        (&b"new"[..], None)
-    );
+        assert!(s.undo_rekey(&ctx("r"), &p(), b"v3").unwrap());
+        assert!(!s.undo_rekey(&ctx("r"), &p(), b"v3").unwrap());
+        let row = s.drive(d1).unwrap().unwrap();
+        assert_eq!(
+            (row.wrapped.as_slice(), row.next_wrapped),
+            (&b"new"[..], None)
+        );
+    }
 }
 
 #[test]
 fn undelivered_projects_are_undone_delivered_ones_stay() {
-    let (_d, s) = setup();
-    let q = ProjectName::parse("q").unwrap();
-    s.create_project(&ctx("project.create"), &q, &[n("alice")], b"v")
-        .unwrap();
-    assert!(!s.project(&q).unwrap().unwrap().delivered);
-    assert!(!s.undo_project(&ctx("u"), &p()).unwrap(), "p was delivered");
-    assert!(s.project_delivered(&ctx("d"), &q).unwrap());
-    assert!(!s.undo_project(&ctx("u"), &q).unwrap());
-    let r = ProjectName::parse("r").unwrap();
-    s.create_project(&ctx("project.create"), &r, &[], b"v")
-        .unwrap();
-    assert!(s.undo_project(&ctx("u"), &r).unwrap());
-    assert!(s.project(&r).unwrap().is_none());
+    for (_d, s) in setups() {
+        let q = ProjectName::parse("q").unwrap();
+        s.create_project(&ctx("project.create"), &q, &[n("alice")], b"v")
+            .unwrap();
+        assert!(!s.project(&q).unwrap().unwrap().delivered);
+        assert!(!s.undo_project(&ctx("u"), &p()).unwrap(), "p was delivered");
+        assert!(s.project_delivered(&ctx("d"), &q).unwrap());
+        assert!(!s.undo_project(&ctx("u"), &q).unwrap());
+        let r = ProjectName::parse("r").unwrap();
+        s.create_project(&ctx("project.create"), &r, &[], b"v")
+            .unwrap();
+        assert!(s.undo_project(&ctx("u"), &r).unwrap());
+        assert!(s.project(&r).unwrap().is_none());
+    }
 }
 
 #[test]
 fn image_intents_cover_files_without_rows() {
-    let (_d, s) = setup();
-    let d = drive(DriveId::new_random(), "alice");
-    s.intend_image(d.storage).unwrap();
-    assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage]));
-    s.create_drive(&ctx("drive.create"), &d, b"w", None)
-        .unwrap();
-    assert_eq!(s.storages().unwrap(), (vec![d.storage], vec![]));
-    let storage = s.delete_drive(&ctx("drive.delete"), d.id).unwrap();
-    assert_eq!(storage, d.storage);
-    assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage]));
-    s.drop_intent(storage).unwrap();
-    assert_eq!(s.storages().unwrap(), (vec![], vec![]));
+    for (_d, s) in setups() {
+        let d = drive(DriveId::new_random(), "alice");
+        s.intend_image(d.storage).unwrap();
+        assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage]));
+        s.create_drive(&ctx("drive.create"), &d, b"w", None)
+            .unwrap();
+        assert_eq!(s.storages().unwrap(), (vec![d.storage], vec![]));
+        let storage = s.delete_drive(&ctx("drive.delete"), d.id).unwrap();
+        assert_eq!(storage, d.storage);
+        assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage]));
+        s.drop_intent(storage).unwrap();
+        assert_eq!(s.storages().unwrap(), (vec![], vec![]));
+    }
 }
 
 #[test]
 fn audit_filters_by_vm_actor_and_allowed_set() {
-    let (_d, s) = setup();
-    let v = VmId::new_random();
-    s.create_vm(&ctx("vm.create"), &vm(v, vec![])).unwrap();
-    let mut c = ctx("vm.start");
-    c.vm = Some(v);
-    s.audit_outcome(&c, "failed").unwrap();
-    let f = AuditFilter {
-        vm: Some(v),
-        limit: 10,
-        ..Default::default()
-    };
-    assert_eq!(s.audit(&f).unwrap().len(), 1);
-    let f = AuditFilter {
-        vms_allowed: Some(vec![]),
-        limit: 10,
-        ..Default::default()
-    };
-    assert!(s.audit(&f).unwrap().is_empty());
-    let f = AuditFilter {
-        vms_allowed: Some(vec![v]),
-        limit: 10,
-        ..Default::default()
-    };
-    assert_eq!(s.audit(&f).unwrap().len(), 1);
-    let f = AuditFilter {
-        actor: Some("nobody".into()),
-        limit: 10,
-        ..Default::default()
-    };
-    assert!(s.audit(&f).unwrap().is_empty());
+    for (_d, s) in setups() {
+        let v = VmId::new_random();
+        s.create_vm(&ctx("vm.create"), &vm(v, vec![])).unwrap();
+        let mut c = ctx("vm.start");
+        c.vm = Some(v);
+        s.audit_outcome(&c, "failed").unwrap();
+        let f = AuditFilter {
+            vm: Some(v),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(s.audit(&f).unwrap().len(), 1);
+        let f = AuditFilter {
+            vms_allowed: Some(vec![]),
+            limit: 10,
+            ..Default::default()
+        };
+        assert!(s.audit(&f).unwrap().is_empty());
+        let f = AuditFilter {
+            vms_allowed: Some(vec![v]),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(s.audit(&f).unwrap().len(), 1);
+        let f = AuditFilter {
+            actor: Some("nobody".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        assert!(s.audit(&f).unwrap().is_empty());
+    }
+}
+
+/// Two agents on one PostgreSQL database granting ownership at once never exceed the limit
+/// their check enforces: of two transactions that read the same owners and both add one,
+/// SERIALIZABLE lets one commit and refuses the other.
+#[test]
+fn agents_racing_on_one_database_keep_the_owner_limit() {
+    let url = super::testpg::fresh_database();
+    let a = std::sync::Arc::new(populate(Store::connect(&url).unwrap()));
+    let b = std::sync::Arc::new(Store::connect(&url).unwrap());
+    a.add_member(&ctx("project.member"), &p(), &n("carol"))
+        .unwrap();
+    for round in 0..10 {
+        let v = VmId::new_random();
+        let mut m = vm(v, vec![]);
+        m.name = VmName::parse(&format!("w{round}")).unwrap();
+        a.create_vm(&ctx("vm.create"), &m).unwrap();
+        let gate = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let grant = |s: std::sync::Arc<Store>, who: &'static str| {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                gate.wait();
+                s.set_role_checked(&ctx("vm.share"), v, &n(who), Some(Role::Owner), |f| {
+                    if f.vm.owners.len() >= 2 {
+                        return Err(Refusal::silent(StoreError::Changed("full".into())));
+                    }
+                    Ok(())
+                })
+                .is_ok()
+            })
+        };
+        let (x, y) = (grant(a.clone(), "bob"), grant(b.clone(), "carol"));
+        let granted = [x.join().unwrap(), y.join().unwrap()];
+        let owners = b.vm(v).unwrap().unwrap().owners;
+        assert_eq!(owners.len(), 2, "{owners:?}");
+        assert_eq!(granted.iter().filter(|g| **g).count(), 1, "{granted:?}");
+    }
 }

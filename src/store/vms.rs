@@ -118,7 +118,7 @@ pub(super) fn load_vms(db: &dyn Db, only: Option<VmId>) -> Result<Vec<Vm>, Store
     let mut vms: Vec<Vm> = db
         .rows(
             "SELECT id, name, project, team, vcpus, memory_mib, idle, state, state_reason
-             FROM vms WHERE (?1 IS NULL OR id = ?1) ORDER BY created_ms, id",
+             FROM vms WHERE (CAST(?1 AS TEXT) IS NULL OR id = ?1) ORDER BY created_ms, id",
             args![only.as_deref()],
         )?
         .iter()
@@ -145,7 +145,7 @@ pub(super) fn load_vms(db: &dyn Db, only: Option<VmId>) -> Result<Vec<Vm>, Store
     let index: std::collections::HashMap<VmId, usize> =
         vms.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
     let roles = db.rows(
-        "SELECT vm, username, role FROM vm_roles WHERE (?1 IS NULL OR vm = ?1) ORDER BY seq, username",
+        "SELECT vm, username, role FROM vm_roles WHERE (CAST(?1 AS TEXT) IS NULL OR vm = ?1) ORDER BY seq, username",
         args![only.as_deref()],
     )?;
     for r in &roles {
@@ -162,7 +162,7 @@ pub(super) fn load_vms(db: &dyn Db, only: Option<VmId>) -> Result<Vec<Vm>, Store
     }
     let drives = db.rows(
         "SELECT attached_to, id FROM drives
-         WHERE attached_to IS NOT NULL AND (?1 IS NULL OR attached_to = ?1)
+         WHERE attached_to IS NOT NULL AND (CAST(?1 AS TEXT) IS NULL OR attached_to = ?1)
          ORDER BY attach_seq, id",
         args![only.as_deref()],
     )?;

@@ -12,6 +12,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// `sqlite` or the PostgreSQL URL of this daemon's database.
+    pub store_url: String,
     child: Option<Child>,
     quiet: bool,
 }
@@ -56,6 +58,7 @@ impl Daemon {
         let socket = dir.join("s.sock");
         let config = dir.join("config.toml");
         let uri = opts.uri.clone().unwrap_or_else(|| "qemu:///system".into());
+        let store_url = store_url();
         let text = format!(
             r#"[daemon]
 socket = "{sock}"
@@ -84,6 +87,9 @@ orchestrators = ["root"]
 
 [limits]
 {limits}
+
+[store]
+url = "{store}"
 "#,
             sock = socket.display(),
             dir = dir.display(),
@@ -92,6 +98,7 @@ orchestrators = ["root"]
             keys = opts.keys,
             idle = opts.idle,
             limits = opts.limits,
+            store = store_url,
         );
         std::fs::write(&config, text).unwrap();
         if let Some(size) = &opts.tmpfs_state {
@@ -117,6 +124,7 @@ orchestrators = ["root"]
             socket,
             config,
             log,
+            store_url,
             child: None,
             quiet: opts.quiet,
         };
@@ -193,6 +201,23 @@ orchestrators = ["root"]
         self.state().join("state.db")
     }
 
+    /// Runs `f` on this daemon's store, opened beside the daemon (on a thread of its own:
+    /// the PostgreSQL client blocks, which an async test's thread may not).
+    pub fn with_store<T: Send>(&self, f: impl FnOnce(&vmwarden::store::Store) -> T + Send) -> T {
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let s = if self.store_url == "sqlite" {
+                    vmwarden::store::Store::open(&self.db()).unwrap()
+                } else {
+                    vmwarden::store::Store::connect(&self.store_url).unwrap()
+                };
+                f(&s)
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.socket)
     }
@@ -253,5 +278,15 @@ impl Drop for Daemon {
         if !std::thread::panicking() && !self.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// The store the daemons under test use: SQLite, or with `VMWARDEN_TEST_STORE=postgres` a
+/// new database of a throwaway PostgreSQL cluster per daemon.
+fn store_url() -> String {
+    match std::env::var("VMWARDEN_TEST_STORE").as_deref() {
+        Ok("postgres") => vmwarden::store::testpg::fresh_database(),
+        Ok("sqlite") | Err(_) => "sqlite".into(),
+        Ok(other) => panic!("VMWARDEN_TEST_STORE={other}: sqlite or postgres"),
     }
 }

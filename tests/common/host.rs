@@ -37,14 +37,9 @@ pub fn boot_sector(marker: &str, spin: bool) -> Vec<u8> {
 /// shares, unwrap the drive's passphrase from the database, write through LUKS.
 pub fn write_boot_sector(d: &Daemon, s: &Shares, project: &str, drive: &str, sector: &[u8]) {
     let k = vmwarden::keys::combine(s.admin.as_bytes(), s.member.as_bytes()).unwrap();
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    let (wrapped, storage): (Vec<u8>, String) = conn
-        .query_row(
-            "SELECT wrapped, storage FROM drives WHERE id = ?1",
-            [drive],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let id: vmwarden::model::DriveId = drive.parse().unwrap();
+    let row = d.with_store(|st| st.drive(id).unwrap().expect("the drive's row"));
+    let (wrapped, storage) = (row.wrapped, row.drive.storage.to_string());
     let p = vmwarden::model::ProjectName::parse(project).unwrap();
     let pass = vmwarden::keys::unwrap(&k, &p, drive, &wrapped).unwrap();
     let path = d.state().join("drives").join(format!("{storage}.qcow2"));
@@ -53,11 +48,11 @@ pub fn write_boot_sector(d: &Daemon, s: &Shares, project: &str, drive: &str, sec
 
 /// The storage id (image file name) of a drive, which no API answer shows.
 pub fn storage_of(d: &Daemon, drive: &str) -> String {
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    conn.query_row("SELECT storage FROM drives WHERE id = ?1", [drive], |r| {
-        r.get(0)
-    })
-    .unwrap()
+    let id: vmwarden::model::DriveId = drive.parse().unwrap();
+    d.with_store(|st| st.drive(id).unwrap().expect("the drive's row"))
+        .drive
+        .storage
+        .to_string()
 }
 
 pub fn serial_log(d: &Daemon, vm: &str) -> PathBuf {
