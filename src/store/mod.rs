@@ -23,6 +23,8 @@ mod vms;
 pub use audit::{AuditCtx, AuditEntry, AuditFilter, AUDIT_MESSAGE_ID};
 pub use drives::DriveRow;
 pub use projects::{MemberHoldings, MemberRemoval, ProjectRow};
+#[doc(hidden)]
+pub use sql::{Row, Value};
 pub use vms::RoleFacts;
 
 use rusqlite::Connection;
@@ -406,6 +408,16 @@ impl Store {
         })?;
         audit::log(audit, outcome);
         Ok(())
+    }
+}
+
+impl Store {
+    /// Runs one statement under the store's API, in a transaction of its own, in either
+    /// engine's dialect (`?N` placeholders). Tests reach under the store with it, to damage
+    /// rows or read what the API never shows; the daemon never calls it.
+    #[doc(hidden)]
+    pub fn raw(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.transaction(|db| Ok::<_, StoreError>((db.rows(sql, args)?, true)))
     }
 }
 

@@ -10,11 +10,16 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 /// A value bound to a statement or read from a row. Integers are 64-bit on both sides (a
 /// `u32` would map to PostgreSQL's `oid`), booleans are their own kind (SQLite stores 0/1).
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Value {
+pub enum Value {
+    /// SQL NULL.
     Null,
+    /// Any integer column.
     Int(i64),
+    /// Text.
     Text(String),
+    /// A blob (`BYTEA`).
     Bytes(Vec<u8>),
+    /// A boolean.
     Bool(bool),
 }
 
@@ -94,7 +99,7 @@ impl rusqlite::ToSql for Value {
 
 /// One result row.
 #[derive(Debug, Clone)]
-pub(super) struct Row(Vec<Value>);
+pub struct Row(Vec<Value>);
 
 fn unreadable(i: usize, what: &str) -> StoreError {
     StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(
@@ -115,18 +120,21 @@ impl Row {
             .ok_or(StoreError::Sqlite(rusqlite::Error::InvalidColumnIndex(i)))
     }
 
-    pub(super) fn int(&self, i: usize) -> Result<i64, StoreError> {
+    /// Column `i` as an integer.
+    pub fn int(&self, i: usize) -> Result<i64, StoreError> {
         match self.at(i)? {
             Value::Int(v) => Ok(*v),
             _ => Err(unreadable(i, "an integer")),
         }
     }
 
-    pub(super) fn u32(&self, i: usize) -> Result<u32, StoreError> {
+    /// Column `i` as a 32-bit count.
+    pub fn u32(&self, i: usize) -> Result<u32, StoreError> {
         u32::try_from(self.int(i)?).map_err(|_| unreadable(i, "a 32-bit count"))
     }
 
-    pub(super) fn bool(&self, i: usize) -> Result<bool, StoreError> {
+    /// Column `i` as a boolean (0/1 in SQLite).
+    pub fn bool(&self, i: usize) -> Result<bool, StoreError> {
         match self.at(i)? {
             Value::Bool(b) => Ok(*b),
             Value::Int(v) => Ok(*v != 0),
@@ -134,7 +142,8 @@ impl Row {
         }
     }
 
-    pub(super) fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+    /// Column `i` as text or NULL.
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
         match self.at(i)? {
             Value::Null => Ok(None),
             Value::Text(s) => Ok(Some(s.clone())),
@@ -142,11 +151,13 @@ impl Row {
         }
     }
 
-    pub(super) fn text(&self, i: usize) -> Result<String, StoreError> {
+    /// Column `i` as text.
+    pub fn text(&self, i: usize) -> Result<String, StoreError> {
         self.opt_text(i)?.ok_or_else(|| unreadable(i, "text"))
     }
 
-    pub(super) fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Column `i` as bytes or NULL.
+    pub fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
         match self.at(i)? {
             Value::Null => Ok(None),
             Value::Bytes(b) => Ok(Some(b.clone())),
@@ -154,21 +165,20 @@ impl Row {
         }
     }
 
-    pub(super) fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+    /// Column `i` as bytes.
+    pub fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
         self.opt_bytes(i)?.ok_or_else(|| unreadable(i, "bytes"))
     }
 
     /// A text column parsed into a model type (names, ids).
-    pub(super) fn parse<T: std::str::FromStr>(&self, i: usize) -> Result<T, StoreError> {
+    pub fn parse<T: std::str::FromStr>(&self, i: usize) -> Result<T, StoreError> {
         self.text(i)?
             .parse()
             .map_err(|_| unreadable(i, "a valid value"))
     }
 
-    pub(super) fn opt_parse<T: std::str::FromStr>(
-        &self,
-        i: usize,
-    ) -> Result<Option<T>, StoreError> {
+    /// Column `i` parsed, or NULL.
+    pub fn opt_parse<T: std::str::FromStr>(&self, i: usize) -> Result<Option<T>, StoreError> {
         match self.opt_text(i)? {
             None => Ok(None),
             Some(s) => s

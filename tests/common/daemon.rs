@@ -218,6 +218,17 @@ url = "{store}"
         })
     }
 
+    /// Runs one SQL statement on this daemon's store, whichever engine it uses (`?N`
+    /// placeholders; `Value::from` for arguments).
+    pub fn sql(&self, sql: &str, args: &[vmwarden::store::Value]) -> Vec<vmwarden::store::Row> {
+        self.with_store(|s| s.raw(sql, args).unwrap())
+    }
+
+    /// Whether this daemon runs on PostgreSQL.
+    pub fn on_postgres(&self) -> bool {
+        self.store_url != "sqlite"
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.socket)
     }
@@ -245,21 +256,26 @@ url = "{store}"
 
     /// Destroys every domain this daemon's VMs may have left running.
     pub fn destroy_domains(&self) {
-        if let Ok(conn) = rusqlite::Connection::open(self.db()) {
-            if let Ok(mut st) = conn.prepare("SELECT id FROM vms") {
-                let ids: Vec<String> = st
-                    .query_map([], |r| r.get(0))
-                    .unwrap()
-                    .filter_map(Result::ok)
-                    .collect();
-                for id in ids {
-                    let _ = Command::new("virsh")
-                        .args(["-q", "-c", "qemu:///system", "destroy", &id])
-                        .stderr(Stdio::null())
-                        .stdout(Stdio::null())
-                        .status();
-                }
-            }
+        let ids = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let s = if self.store_url == "sqlite" {
+                    vmwarden::store::Store::open(&self.db()).ok()?
+                } else {
+                    vmwarden::store::Store::connect(&self.store_url).ok()?
+                };
+                s.raw("SELECT id FROM vms", &[]).ok()
+            })
+            .join()
+            .ok()
+            .flatten()
+        });
+        for row in ids.unwrap_or_default() {
+            let Ok(id) = row.text(0) else { continue };
+            let _ = Command::new("virsh")
+                .args(["-q", "-c", "qemu:///system", "destroy", &id])
+                .stderr(Stdio::null())
+                .stdout(Stdio::null())
+                .status();
         }
     }
 }
