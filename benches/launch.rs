@@ -48,6 +48,7 @@ fn domain(
         id,
         name: VmName::parse("bench").unwrap(),
         project: ProjectName::parse("bench").unwrap(),
+        host: "bench".into(),
         vcpus: 1,
         memory_mib: 64,
         disks: vec![DiskSpec {

@@ -53,6 +53,66 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Where the registry, VMs, drives and audit live.
     pub store: StoreConfig,
+    /// This agent's place in a fleet.
+    pub fleet: FleetConfig,
+    /// Where drive images live.
+    pub storage: StorageConfig,
+}
+
+/// `[fleet]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// This host's name in the fleet; empty: the machine's hostname.
+    pub host: String,
+    /// How often the agent records that it is alive.
+    #[serde(with = "duration")]
+    pub heartbeat: Duration,
+    /// A host without a heartbeat for this long is `down`.
+    #[serde(with = "duration")]
+    pub host_dead_after: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            heartbeat: Duration::from_secs(5),
+            host_dead_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl FleetConfig {
+    /// The host name in force: `host`, or the machine's hostname.
+    pub fn host_name(&self) -> String {
+        if !self.host.is_empty() {
+            return self.host.clone();
+        }
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| valid_host(h))
+            .unwrap_or_else(|| crate::store::DEFAULT_HOST.to_owned())
+    }
+}
+
+/// A fleet host name: 1-63 letters, digits, `-`, `_` and `.`, starting with a letter or digit
+/// (it lands in domain XML, SQL arguments and log lines; nothing there may need quoting).
+pub fn valid_host(h: &str) -> bool {
+    (1..=63).contains(&h.len())
+        && h.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Drive images; empty: `state_dir/drives`. A fleet shares one POSIX mount at the same
+    /// path on every host.
+    pub drives_dir: PathBuf,
 }
 
 /// `[store]`
@@ -304,7 +364,11 @@ impl Config {
         // Relative paths are relative to the config file, so a checkout can carry a config
         // that keeps everything inside it (config/dev.toml).
         if let Some(base) = path.parent().and_then(|p| std::path::absolute(p).ok()) {
-            for p in [&mut cfg.daemon.socket, &mut cfg.daemon.state_dir] {
+            for p in [
+                &mut cfg.daemon.socket,
+                &mut cfg.daemon.state_dir,
+                &mut cfg.storage.drives_dir,
+            ] {
                 if p.is_relative() && !p.as_os_str().is_empty() {
                     *p = normalize(&base.join(&*p));
                 }
@@ -348,6 +412,21 @@ impl Config {
                 ));
             }
         }
+        if !self.fleet.host.is_empty() && !valid_host(&self.fleet.host) {
+            return Err(fail(
+                "fleet",
+                "host",
+                "Must be 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+                    .into(),
+            ));
+        }
+        if self.fleet.host_dead_after < self.fleet.heartbeat * 3 {
+            return Err(fail(
+                "fleet",
+                "host_dead_after",
+                "Must be at least three heartbeats".into(),
+            ));
+        }
         if !self.daemon.state_dir.is_absolute() {
             return Err(fail(
                 "daemon",
@@ -384,6 +463,8 @@ impl Config {
                 10 * m,
             ),
             ("keys", "unlock_window", self.keys.unlock_window, 10 * s, d),
+            ("fleet", "heartbeat", self.fleet.heartbeat, 100 * ms, m),
+            ("fleet", "host_dead_after", self.fleet.host_dead_after, s, h),
             ("keys", "unlock_ttl", self.keys.unlock_ttl, m, 30 * d),
             ("idle", "sample_interval", i.sample_interval, s, 10 * m),
             ("idle", "after", i.after, 2 * s, 30 * d),
@@ -536,7 +617,11 @@ impl Config {
 
     /// Where drive images live.
     pub fn drives_dir(&self) -> PathBuf {
-        self.daemon.state_dir.join("drives")
+        if self.storage.drives_dir.as_os_str().is_empty() {
+            self.daemon.state_dir.join("drives")
+        } else {
+            self.storage.drives_dir.clone()
+        }
     }
 
     /// Where serial logs live.

@@ -290,15 +290,18 @@ pub enum VmState {
     Running,
     /// A stop is in progress: ACPI sent, destroy after the timeout.
     Stopping,
+    /// Shown, never stored: the fleet host holding the VM is down, so nobody knows.
+    Unknown,
 }
 
 impl VmState {
     /// Every state, in the order lists show them.
-    pub const ALL: [VmState; 4] = [
+    pub const ALL: [VmState; 5] = [
         VmState::Stopped,
         VmState::Starting,
         VmState::Running,
         VmState::Stopping,
+        VmState::Unknown,
     ];
 
     /// The stored and wire spelling.
@@ -308,6 +311,7 @@ impl VmState {
             VmState::Starting => "starting",
             VmState::Running => "running",
             VmState::Stopping => "stopping",
+            VmState::Unknown => "unknown",
         }
     }
 
@@ -316,7 +320,7 @@ impl VmState {
     pub fn parse(s: &str) -> Self {
         Self::ALL
             .into_iter()
-            .find(|v| v.as_str() == s)
+            .find(|v| v.as_str() == s && *v != VmState::Unknown)
             .unwrap_or(VmState::Stopped)
     }
 
@@ -415,6 +419,8 @@ pub struct Vm {
     pub state: VmState,
     /// Why the VM last changed state (start, stop, idle, admin, crashed, ...).
     pub state_reason: String,
+    /// The fleet host that holds the VM while it is not stopped (its agent alone acts on it).
+    pub host: Option<String>,
 }
 
 impl Vm {

@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         id: VmId::new_random(),
         name,
         project,
+        host: "fuzz".into(),
         vcpus: 1,
         memory_mib: 32,
         disks: vec![DiskSpec {

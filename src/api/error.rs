@@ -123,12 +123,13 @@ fn service_status(e: &ServiceError) -> StatusCode {
             | StoreError::Changed(_)
             | StoreError::Attached(_)
             | StoreError::Holdings { .. }
+            | StoreError::Elsewhere(_)
             | StoreError::NotEmpty { .. } => S::CONFLICT,
+            StoreError::Unavailable(_) => S::SERVICE_UNAVAILABLE,
             StoreError::NotFound | StoreError::Missing(..) => S::NOT_FOUND,
             StoreError::Full => S::INSUFFICIENT_STORAGE,
             StoreError::Sqlite(_)
             | StoreError::Postgres(_)
-            | StoreError::Unavailable(_)
             | StoreError::Io(_)
             | StoreError::TooNew(..) => S::INTERNAL_SERVER_ERROR,
         },
@@ -355,6 +356,16 @@ mod tests {
                 svc(ServiceError::Store(StoreError::TooNew(2, 1))),
                 500,
                 "store_error",
+            ),
+            (
+                svc(ServiceError::Store(StoreError::Unavailable("x".into()))),
+                503,
+                "store_unavailable",
+            ),
+            (
+                svc(ServiceError::Store(StoreError::Elsewhere("h2".into()))),
+                409,
+                "vm_running_elsewhere",
             ),
             (svc(ServiceError::Task), 500, "internal"),
         ];

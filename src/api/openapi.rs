@@ -21,8 +21,8 @@ use crate::model::{
     IdlePolicy, ObjectRef, ProjectName, Role, UserName, VmState, API_DURATION_PATTERN,
 };
 use crate::service::{
-    Change, Changed, ConsoleLog, DriveView, EventKind, Health, HostVm, IdleStatus, Me, Members,
-    ProjectView, UserView, VmView,
+    Change, Changed, ConsoleLog, DriveView, EventKind, FleetHost, Health, HostState, HostVm,
+    IdleStatus, Me, Members, ProjectView, UserView, VmView,
 };
 use crate::store::AuditEntry;
 use serde_json::{json, Map, Value};
@@ -145,6 +145,7 @@ const PEER: Problems = &[
     (403, "unregistered"),
     (403, "admin_required"),
     (500, "store_error"),
+    (503, "store_unavailable"),
 ];
 /// Reading a body.
 const BODY: Problems = &[
@@ -175,6 +176,8 @@ const DRIVE: Problems = &[
 ];
 /// A call to libvirt.
 const HV: Problems = &[(503, "hypervisor_unavailable"), (502, "hypervisor_error")];
+/// An operation on a running VM, which only the agent of the host holding it may do.
+const HELD: Problems = &[(409, "vm_running_elsewhere")];
 /// A project named in the path.
 const PROJECT: Problems = &[(404, "project_not_found"), (404, "not_found")];
 
@@ -658,6 +661,7 @@ pub const SPECS: &[Spec] = &[
             WRITE,
             VM,
             HV,
+            HELD,
             &[
                 (409, "vm_running"),
                 (409, "vm_stopping"),
@@ -677,7 +681,7 @@ pub const SPECS: &[Spec] = &[
         params: &[VM_P],
         body: Body::Optional("StopRequest"),
         answers: &[(200, Answer::Json("VmView")), (202, Answer::Json("VmView"))],
-        problems: &[CONN, PEER, BODY, PATH, WRITE, VM, HV],
+        problems: &[CONN, PEER, BODY, PATH, WRITE, VM, HV, HELD],
     },
     Spec {
         method: "POST",
@@ -688,7 +692,7 @@ pub const SPECS: &[Spec] = &[
         params: &[VM_P],
         body: Body::Empty,
         answers: &[(200, Answer::Json("VmView"))],
-        problems: &[CONN, PEER, BODY, PATH, WRITE, VM],
+        problems: &[CONN, PEER, BODY, PATH, WRITE, VM, HELD],
     },
     Spec {
         method: "GET",
@@ -733,6 +737,7 @@ pub const SPECS: &[Spec] = &[
             VM,
             DRIVE,
             HV,
+            HELD,
             &[
                 (409, "project_mismatch"),
                 (409, "drive_attached"),
@@ -759,6 +764,7 @@ pub const SPECS: &[Spec] = &[
             VM,
             DRIVE,
             HV,
+            HELD,
             &[
                 (409, "drive_attached"),
                 (409, "detach_timeout"),
@@ -772,6 +778,31 @@ pub const SPECS: &[Spec] = &[
         id: "host_vms",
         summary: "Every VM on this host",
         description: "Admins only: id, project, state and size, no drive details.",
+        params: &[],
+        body: Body::None,
+        answers: &[(200, Answer::List("HostVm"))],
+        problems: &[CONN, PEER],
+    },
+    Spec {
+        method: "GET",
+        path: "/v1/fleet/hosts",
+        id: "fleet_hosts",
+        summary: "The hosts of the fleet",
+        description: "Admins only: each agent's host, version, heartbeat and state (`down` \
+                      after `[fleet] host_dead_after` without a heartbeat). With SQLite, \
+                      this host alone.",
+        params: &[],
+        body: Body::None,
+        answers: &[(200, Answer::List("FleetHost"))],
+        problems: &[CONN, PEER],
+    },
+    Spec {
+        method: "GET",
+        path: "/v1/fleet/vms",
+        id: "fleet_vms",
+        summary: "Every VM of the fleet, with the host holding it",
+        description: "Admins only, no drive details. A VM held by a host that is down shows \
+                      state `unknown`.",
         params: &[],
         body: Body::None,
         answers: &[(200, Answer::List("HostVm"))],
@@ -898,6 +929,8 @@ pub fn declared(method: &str, route: &str, status: u16, code: Option<&str>) -> b
     IdleStatus,
     Members,
     HostVm,
+    FleetHost,
+    HostState,
     ConsoleLog,
     AuditEntry,
     Problem,

@@ -538,6 +538,8 @@ async fn run(svc: Arc<Service>, p: Principal, op: Op) -> Result<Reply, ApiError>
         Op::Attach(v, d) => ok(&svc.attach(p, vm(v).await?, drive(d).await?).await?),
         Op::Detach(v, d) => ok(&svc.detach(p, vm(v).await?, drive(d).await?).await?),
         Op::HostVms => ok(&svc.host_vms(p).await?),
+        Op::FleetHosts => ok(&svc.fleet_hosts(p).await?),
+        Op::FleetVms => ok(&svc.fleet_vms(p).await?),
         Op::HostStop { vm: r, force, wait } => {
             let id = svc.resolve_host_vm(p, &r).await?;
             let (started, host) = svc.host_stop(p, id, force, wait).await?;

@@ -72,10 +72,11 @@ async fn run(
     }
     // The store blocks (and the PostgreSQL client refuses to run on the reactor's threads).
     let (db_path, pg_url) = (cfg.db_path(), cfg.store.postgres().map(str::to_owned));
+    let host = cfg.fleet.host_name();
     let store = Arc::new(
         tokio::task::spawn_blocking(move || match pg_url {
-            Some(url) => store::Store::connect(&url),
-            None => store::Store::open(&db_path),
+            Some(url) => store::Store::connect_as(&url, &host),
+            None => store::Store::open(&db_path).map(|s| s.on_host(&host)),
         })
         .await?
         .context("Cannot open the store")?,
@@ -114,6 +115,12 @@ async fn run(
     }
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let svc = Arc::new(Service::new(cfg.clone(), store, hv.clone()));
+    svc.follow_fleet_events();
+    // This host joins the fleet (or, with SQLite, records itself) before anything is served.
+    svc.heartbeat(true)
+        .await
+        .context("Cannot register this host in the store")?;
+    tracing::info!(host = %svc.host(), "fleet host registered");
     // What a killed daemon left half done is undone before anyone is served: projects whose
     // shares never reached a client, image files no drive names.
     for item in svc.recover().await.context("Cannot recover the state")? {
@@ -199,6 +206,18 @@ async fn run(
                 Err(e) => tracing::debug!(error = %e, "reconcile skipped"),
             }
             tokio::time::sleep(Duration::from_secs(if first { 2 } else { 60 })).await;
+        }
+    });
+    let beat = svc.clone();
+    let every = cfg.fleet.heartbeat;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = beat.heartbeat(false).await {
+                tracing::warn!(error = %e, "heartbeat not recorded");
+            }
         }
     });
     let keys = svc.clone();

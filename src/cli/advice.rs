@@ -67,6 +67,8 @@ pub const ADVICE: &[(&str, Advice)] = &[
     ("image_error", Then("The daemon's log has qemu-img's own message (journalctl -u vmwarden).")),
     ("insufficient_storage", Then("Free space in the daemon's state directory, then try again.")),
     ("store_error", Then("See the daemon's log (journalctl -u vmwarden).")),
+    ("store_unavailable", Then("The fleet's database is unreachable; nothing was changed. Try again shortly, or check PostgreSQL.")),
+    ("vm_running_elsewhere", Then("Run this on the host the message names (its agent holds the VM), or stop the VM there first.")),
     ("internal", Then("See the daemon's log (journalctl -u vmwarden).")),
     ("too_many_streams", Then("Close one of your other vmwarden events first.")),
     ("too_many_connections", Then("Close some of your other connections to vmwarden, then try again.")),

@@ -117,6 +117,7 @@ impl Hypervisor for Scripted {
             .map(|id| DomainInfo {
                 name: id.to_string(),
                 vm: Some(*id),
+                host: None,
                 running: true,
             })
             .collect())

@@ -62,6 +62,8 @@ pub struct DomainSpec {
     pub name: VmName,
     /// Recorded in the vmwarden `<metadata>`.
     pub project: ProjectName,
+    /// The fleet host whose agent runs it, recorded in the vmwarden `<metadata>`.
+    pub host: String,
     /// Virtual CPUs.
     pub vcpus: u32,
     /// Memory in MiB.
@@ -79,6 +81,8 @@ pub struct DomainInfo {
     pub name: String,
     /// The VM id when the domain carries vmwarden metadata and a UUID name.
     pub vm: Option<VmId>,
+    /// The fleet host its vmwarden metadata names (none before fleets, or not ours).
+    pub host: Option<String>,
     /// Whether the domain is running (as opposed to paused, crashed, ...).
     pub running: bool,
 }

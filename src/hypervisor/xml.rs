@@ -173,7 +173,8 @@ pub fn domain_xml(
                     .with_attribute((ns_attr.as_str(), METADATA_NS))
                     .write_inner_content(|w| {
                         text_element(w, &el("name"), spec.name.as_str())?;
-                        text_element(w, &el("project"), spec.project.as_str())
+                        text_element(w, &el("project"), spec.project.as_str())?;
+                        text_element(w, &el("host"), &spec.host)
                     })?;
                 Ok::<_, quick_xml::Error>(())
             })?;
@@ -447,6 +448,30 @@ pub fn secret_description(secret_xml: &str) -> Result<Option<String>, Hypervisor
     Ok(description)
 }
 
+/// The fleet host named in a domain's vmwarden metadata element (as libvirt gives it back,
+/// whatever prefix it chose), if any: each agent looks after its own host's domains only.
+pub fn metadata_host(metadata: &str) -> Option<String> {
+    let mut reader = Reader::from_str(metadata);
+    let mut depth = 0usize;
+    let mut in_host = false;
+    let mut host = None;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) => {
+                depth += 1;
+                in_host = depth == 2 && e.local_name().as_ref() == b"host";
+            }
+            Event::Text(t) if in_host => host = Some(t.unescape().ok()?.into_owned()),
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                in_host = false;
+            }
+            Event::Eof => return host,
+            _ => {}
+        }
+    }
+}
+
 /// Whether a secret description marks a secret vmwarden defined.
 pub fn is_our_secret_description(description: &str) -> bool {
     description
@@ -465,6 +490,7 @@ mod tests {
             id: VmId::new_random(),
             name: VmName::parse("web-1").unwrap(),
             project: ProjectName::parse("genomics").unwrap(),
+            host: "h1".into(),
             vcpus: 2,
             memory_mib: 64,
             disks: paths
@@ -533,6 +559,7 @@ mod tests {
             format!("<vmwarden:vm xmlns:vmwarden=\"{METADATA_NS}\">"),
             "<vmwarden:name>web-1</vmwarden:name>".to_owned(),
             "<vmwarden:project>genomics</vmwarden:project>".to_owned(),
+            "<vmwarden:host>h1</vmwarden:host>".to_owned(),
             "<memory unit=\"MiB\">64</memory>".to_owned(),
             "<vcpu>2</vcpu>".to_owned(),
             "<type arch=\"x86_64\" machine=\"pc\">hvm</type>".to_owned(),
@@ -625,6 +652,19 @@ mod tests {
             secret_description("<secret><uuid>u</uuid></secret>").unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn metadata_names_the_host_whatever_the_prefix() {
+        let m = format!(
+            "<v:vm xmlns:v=\"{METADATA_NS}\"><v:name>a</v:name><v:host>h&amp;2</v:host></v:vm>"
+        );
+        assert_eq!(metadata_host(&m).as_deref(), Some("h&2"));
+        assert_eq!(
+            metadata_host("<vmwarden:vm><vmwarden:name>a</vmwarden:name></vmwarden:vm>"),
+            None
+        );
+        assert_eq!(metadata_host("<vm><x><host>deep</host></x></vm>"), None);
     }
 
     #[test]

@@ -41,6 +41,11 @@ impl ProjectFacts {
 
 impl Service {
     pub(super) async fn user_snapshot(&self) -> Result<Arc<HashMap<UserName, User>>> {
+        // In a fleet, catch up with what other agents committed before this request came
+        // (a share through host A applies in the next request through host B).
+        if self.store.is_shared() {
+            self.db(|s| s.sync()).await?;
+        }
         // Read the generation before loading, so a change committed meanwhile leaves the
         // cache tagged stale rather than fresh.
         let g = self.store.generation();

@@ -108,12 +108,25 @@ impl Service {
     }
 
     async fn inventory(&self) -> Result<Vec<HostVm>> {
+        // This host's inventory: VMs no other host holds.
+        Ok(self
+            .fleet_inventory()
+            .await?
+            .into_iter()
+            .filter(|v| v.host.as_deref().is_none_or(|h| h == self.store.host()))
+            .collect())
+    }
+
+    /// Every VM of the fleet with the host holding it; `unknown` when that host is down.
+    pub(super) async fn fleet_inventory(&self) -> Result<Vec<HostVm>> {
         let default_enabled = self.cfg.idle.enabled;
         Ok(self
             .db(|s| s.vms())
             .await?
             .into_iter()
+            .map(|v| self.shown(v))
             .map(|v| HostVm {
+                host: v.host,
                 idle_enabled: default_enabled && v.idle.enabled.unwrap_or(true),
                 id: v.id,
                 name: v.name,

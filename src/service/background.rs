@@ -51,7 +51,7 @@ impl Service {
             .db(|s| s.vms())
             .await?
             .into_iter()
-            .filter(|v| v.state == VmState::Running)
+            .filter(|v| v.state == VmState::Running && self.is_mine(v))
             .map(|v| (v.id, v))
             .collect();
         let now = tokio::time::Instant::now();
@@ -120,13 +120,7 @@ impl Service {
     /// removed and reported. Returns what was removed, for the log.
     pub async fn recover(&self) -> Result<Vec<String>> {
         let mut report = vec![];
-        let undelivered: Vec<ProjectName> = self
-            .db(|s| s.projects())
-            .await?
-            .into_iter()
-            .filter(|p| !p.delivered)
-            .map(|p| p.name)
-            .collect();
+        let undelivered = self.db(|s| s.undelivered_projects()).await?;
         for name in undelivered {
             let who = system();
             let n2 = name.clone();
@@ -148,8 +142,9 @@ impl Service {
             let d2 = dir.clone();
             blocking(move || prepare_drives_dir(&d2)).await??;
         }
-        let (rows, intents) = self.db(|s| s.storages()).await?;
-        let rows: std::collections::HashSet<StorageId> = rows.into_iter().collect();
+        // Files first, rows second: in a shared drives folder another agent may be creating
+        // an image now, and its intent is committed before its file exists, so every file
+        // listed here has its row or intent visible below.
         let d2 = dir.clone();
         let files: Vec<std::path::PathBuf> = blocking(move || {
             std::fs::read_dir(&d2)
@@ -157,6 +152,10 @@ impl Service {
                 .unwrap_or_default()
         })
         .await?;
+        let (rows, intents, theirs) = self.db(|s| s.storages()).await?;
+        let mut rows: std::collections::HashSet<StorageId> = rows.into_iter().collect();
+        // Images other hosts announced are left to them.
+        rows.extend(theirs);
         for path in files {
             let stem = path
                 .file_name()
@@ -218,8 +217,13 @@ impl Service {
     pub async fn reconcile(&self) -> Result<()> {
         let domains = self.hv(|h| h.list()).await?;
         let vms = self.db(|s| s.vms()).await?;
-        let running: std::collections::HashSet<VmId> =
-            domains.iter().filter_map(|d| d.vm).collect();
+        // Domains another host's agent runs are its business (agents may share a libvirtd).
+        let here = self.store.host();
+        let running: std::collections::HashSet<VmId> = domains
+            .iter()
+            .filter(|d| d.host.as_deref().is_none_or(|h| h == here))
+            .filter_map(|d| d.vm)
+            .collect();
         self.report_foreign(&domains, &vms);
         // Locks nobody holds are dropped, so ids named in requests do not accumulate.
         self.vm_slots
@@ -234,7 +238,7 @@ impl Service {
             .lock()
             .unwrap()
             .retain(|_, l| Arc::strong_count(l) > 1);
-        for vm in vms {
+        for vm in vms.into_iter().filter(|v| self.is_mine(v)) {
             let is = running.contains(&vm.id);
             let reason = if is { "found_running" } else { "exited" };
             if vm.state.is_transitional() || (vm.state == VmState::Running) != is {
@@ -253,6 +257,11 @@ impl Service {
         let Some(vm) = self.db(move |s| s.vm(id)).await? else {
             return Ok(());
         };
+        // Another host's VM is its agent's to settle (fleet agents may share a libvirtd in
+        // tests, and always share the store).
+        if !self.is_mine(&vm) {
+            return Ok(());
+        }
         let is = self.hv(move |h| h.is_running(id)).await?;
         let state = if is {
             VmState::Running

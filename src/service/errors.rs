@@ -105,9 +105,10 @@ impl ServiceError {
                 StoreError::Attached(_) => "drive_attached",
                 StoreError::Holdings { .. } => "user_has_roles",
                 StoreError::NotEmpty { .. } => "project_not_empty",
+                StoreError::Elsewhere(_) => "vm_running_elsewhere",
+                StoreError::Unavailable(_) => "store_unavailable",
                 StoreError::Sqlite(_)
                 | StoreError::Postgres(_)
-                | StoreError::Unavailable(_)
                 | StoreError::Io(_)
                 | StoreError::TooNew(..) => "store_error",
             },

@@ -65,6 +65,12 @@ impl Service {
         self.events.subscribe()
     }
 
+    /// To this agent's subscribers, and to the other agents of a fleet.
+    pub(super) fn send(&self, ev: Event) {
+        self.publish(&ev);
+        let _ = self.events.send(ev);
+    }
+
     pub(super) fn emit(&self, kind: EventKind, vm: Option<&Vm>, data: serde_json::Value) {
         self.emit_drive(kind, vm, None, data);
     }
@@ -75,7 +81,7 @@ impl Service {
         project: ProjectName,
         data: serde_json::Value,
     ) {
-        let _ = self.events.send(Event {
+        self.send(Event {
             kind,
             vm: None,
             project: Some(project),
@@ -94,7 +100,7 @@ impl Service {
         drive: Option<DriveId>,
         data: serde_json::Value,
     ) {
-        let _ = self.events.send(Event {
+        self.send(Event {
             kind,
             vm: vm.map(|v| v.id),
             project: vm.map(|v| v.project.clone()),

@@ -11,6 +11,7 @@ impl Service {
         let vm = self
             .vm_checked_for(p, id, VmAction::Attach, Some(drive))
             .await?;
+        self.held_here(&vm)?;
         let row = self.drive_for(p, drive).await?;
         let d = row.drive.clone();
         drive_fits(&d, &vm.project, Some(id))?;
@@ -98,6 +99,7 @@ impl Service {
         let vm = self
             .vm_checked_for(p, id, VmAction::Detach, Some(drive))
             .await?;
+        self.held_here(&vm)?;
         let d = self.drive_for(p, drive).await?.drive;
         if d.attached_to.is_none() {
             // Already detached (a repeated DELETE): nothing to do.

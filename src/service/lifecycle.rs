@@ -49,6 +49,7 @@ impl Service {
             Err(_) => slot.op.lock().await,
         };
         let vm = self.vm_checked(p, id, VmAction::Start).await?;
+        self.held_here(&vm)?;
         let r = match self.prepare_launch(&vm).await {
             Ok(disks) => self.launch(p, &vm, disks).await,
             Err(e) => {
@@ -120,6 +121,7 @@ impl Service {
             id,
             name: vm.name.clone(),
             project: vm.project.clone(),
+            host: self.store.host().to_owned(),
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
             disks,
@@ -220,6 +222,7 @@ impl Service {
     /// first, applied after.
     pub async fn keepalive(&self, p: &Principal, id: VmId) -> Result<VmView> {
         let vm = self.vm_checked(p, id, VmAction::Keepalive).await?;
+        self.held_here(&vm)?;
         let actor = p.clone();
         self.db(move |s| {
             s.audit_outcome(

@@ -35,8 +35,8 @@ pub use crate::hypervisor::HypervisorError;
 pub use crate::keys::{KeyError, LockStatus};
 pub use crate::policy::{Denial, Hidden, Principal};
 pub use crate::store::{AuditEntry, AuditFilter, Change, StoreError};
-use serde::Serialize;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,6 +95,8 @@ pub struct Service {
     /// Store calls made: tests show with it that a hidden object costs the same work as a
     /// missing one.
     store_calls: AtomicU64,
+    /// Fleet hosts without a heartbeat for `host_dead_after`, as of the last heartbeat.
+    down_hosts: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -154,7 +156,25 @@ impl Service {
             key_locks: Mutex::new(HashMap::new()),
             idle_shutdowns: AtomicU64::new(0),
             store_calls: AtomicU64::new(0),
+            down_hosts: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Refuses to act on a VM that another host of the fleet holds: only its agent may
+    /// (`vm_running_elsewhere`, naming the host).
+    pub(super) fn held_here(&self, vm: &Vm) -> Result<()> {
+        match &vm.host {
+            Some(h) if h != self.store.host() && vm.state != VmState::Stopped => {
+                Err(ServiceError::Store(StoreError::Elsewhere(h.clone())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this agent's host holds `vm` (or nobody does: a stopped VM, or one a
+    /// single-host store recorded before fleets existed).
+    pub(super) fn is_mine(&self, vm: &Vm) -> bool {
+        vm.host.as_deref().is_none_or(|h| h == self.store.host())
     }
 
     /// Store calls made since start.
@@ -369,6 +389,7 @@ mod background;
 mod drives;
 mod errors;
 mod events;
+mod fleet;
 mod hotplug;
 mod lifecycle;
 mod projects;

@@ -62,7 +62,7 @@ impl Service {
         target: UserName,
         role: Option<Role>,
         action: AuditAction,
-        make: impl FnOnce(VmFacts, TargetFacts) -> Action + Send + 'static,
+        make: impl Fn(VmFacts, TargetFacts) -> Action + Send + 'static,
     ) -> Result<Changed<Members>> {
         let slot = self.vm_slot(id);
         let _g = slot.op.lock().await;

@@ -55,6 +55,7 @@ impl Service {
         wait: bool,
     ) -> Result<(StopStarted, VmView)> {
         let vm = self.vm_checked(p, id, VmAction::Stop).await?;
+        self.held_here(&vm)?;
         let started = self
             .stop_as(p.clone(), vm, force, wait, StopCause::Request)
             .await?;
@@ -75,6 +76,7 @@ impl Service {
             .db(move |s| s.vm(id))
             .await?
             .ok_or_else(|| deny(Denial::Hidden(Hidden::Vm), &id.to_string()))?;
+        self.held_here(&vm)?;
         let started = self
             .stop_as(p.clone(), vm, force, wait, StopCause::Admin)
             .await?;

@@ -226,7 +226,7 @@ async fn failed_drive_creation_leaves_no_image() {
         .unwrap_err();
     assert_eq!(e.code(), "already_exists");
     assert_eq!(files(), 1);
-    let (rows, intents) = w.svc.store.storages().unwrap();
+    let (rows, intents, _) = w.svc.store.storages().unwrap();
     assert_eq!((rows.len(), intents.len()), (1, 0));
     assert_eq!(
         w.hv.calls()

@@ -146,6 +146,9 @@ pub struct VmView {
     pub state: VmState,
     /// Why it is in that state.
     pub state_reason: String,
+    /// The fleet host holding it while it is not stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The caller's role.
     pub role: Role,
     /// Idle policy overrides.
@@ -176,6 +179,7 @@ impl VmView {
             memory_mib: vm.memory_mib,
             state: vm.state,
             state_reason: vm.state_reason,
+            host: vm.host,
             role,
             idle: vm.idle,
             drives,
@@ -218,6 +222,36 @@ pub struct HostVm {
     pub memory_mib: u64,
     /// Whether idle shutdown applies.
     pub idle_enabled: bool,
+    /// The fleet host holding it while it is not stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// `GET /v1/fleet/hosts` row.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FleetHost {
+    /// The host's `[fleet] host`.
+    pub name: String,
+    /// The vmwarden version its agent runs.
+    pub version: String,
+    /// `up`, or `down` after `host_dead_after` without a heartbeat.
+    pub state: HostState,
+    /// Its last heartbeat (ms since the epoch, the database's clock).
+    pub last_seen_ms: i64,
+    /// When its agent started (ms since the epoch).
+    pub started_ms: i64,
+    /// VMs it holds.
+    pub vms: u32,
+}
+
+/// Whether a host's agent is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    /// Heartbeats arrive.
+    Up,
+    /// No heartbeat for `host_dead_after`.
+    Down,
 }
 
 /// `GET /v1/vms/{id}/members`.

@@ -17,7 +17,7 @@ impl Service {
         } else {
             None
         };
-        Ok(VmView::of(vm, role, drives, idle_status))
+        Ok(VmView::of(self.shown(vm), role, drives, idle_status))
     }
 
     pub(super) fn check_size(&self, vcpus: u32, memory_mib: u64) -> Result<()> {
@@ -114,6 +114,7 @@ impl Service {
             idle,
             state: VmState::Stopped,
             state_reason: "created".into(),
+            host: None,
         };
         let actor = p.clone();
         let v2 = vm.clone();
@@ -183,7 +184,7 @@ impl Service {
             } else {
                 None
             };
-            out.push(VmView::of(vm, role, drives, None));
+            out.push(VmView::of(self.shown(vm), role, drives, None));
         }
         Ok(out)
     }
@@ -266,7 +267,7 @@ impl Service {
             .await
             .map(|r| r.members)
             .unwrap_or_default();
-        let _ = self.events.send(Event {
+        self.send(Event {
             kind: EventKind::VmDeleted,
             vm: Some(id),
             project: Some(vm.project.clone()),

@@ -58,8 +58,8 @@ impl Store {
     pub fn intend_image(&self, storage: StorageId) -> Result<(), StoreError> {
         self.transaction(|db| {
             db.exec(
-                "INSERT INTO image_intents (storage, created_ms) VALUES (?1, ?2)",
-                args![storage.to_string(), super::now_ms()],
+                "INSERT INTO image_intents (storage, created_ms, host) VALUES (?1, ?2, ?3)",
+                args![storage.to_string(), super::now_ms(), self.host()],
             )?;
             Ok::<_, StoreError>(((), true))
         })
@@ -76,15 +76,25 @@ impl Store {
         })
     }
 
-    /// Storage ids of every drive row, and of every announced image with no row yet.
-    pub fn storages(&self) -> Result<(Vec<StorageId>, Vec<StorageId>), StoreError> {
+    /// Storage ids of every drive row; of every image this host announced with no row yet;
+    /// and of every image other hosts announced (theirs to finish or clean up, in a shared
+    /// drives folder).
+    pub fn storages(&self) -> Result<(Vec<StorageId>, Vec<StorageId>, Vec<StorageId>), StoreError> {
         self.read(|db| {
-            let column = |sql: &str| -> Result<Vec<StorageId>, StoreError> {
-                db.rows(sql, &[])?.iter().map(|r| r.parse(0)).collect()
-            };
+            let column =
+                |sql: &str, args: &[super::sql::Value]| -> Result<Vec<StorageId>, StoreError> {
+                    db.rows(sql, args)?.iter().map(|r| r.parse(0)).collect()
+                };
             Ok((
-                column("SELECT storage FROM drives")?,
-                column("SELECT storage FROM image_intents")?,
+                column("SELECT storage FROM drives", &[])?,
+                column(
+                    "SELECT storage FROM image_intents WHERE host IS NULL OR host = ?1",
+                    args![self.host()],
+                )?,
+                column(
+                    "SELECT storage FROM image_intents WHERE host <> ?1",
+                    args![self.host()],
+                )?,
             ))
         })
     }

@@ -13,6 +13,7 @@
 
 mod audit;
 mod drives;
+mod hosts;
 mod pg;
 mod projects;
 mod schema;
@@ -22,6 +23,7 @@ mod vms;
 
 pub use audit::{AuditCtx, AuditEntry, AuditFilter, AUDIT_MESSAGE_ID};
 pub use drives::DriveRow;
+pub use hosts::HostRow;
 pub use projects::{MemberHoldings, MemberRemoval, ProjectRow};
 #[doc(hidden)]
 pub use sql::{Row, Value};
@@ -31,7 +33,7 @@ use rusqlite::Connection;
 use sql::Db;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Errors of the store.
@@ -43,9 +45,12 @@ pub enum StoreError {
     /// PostgreSQL failed.
     #[error("Database: {0}")]
     Postgres(postgres::Error),
-    /// PostgreSQL cannot be reached.
-    #[error("The database is unreachable: {0}")]
+    /// PostgreSQL cannot be reached (the detail goes to the log, not to callers).
+    #[error("The database is unreachable; try again shortly")]
     Unavailable(String),
+    /// The VM is held by another host of the fleet, whose agent alone may act on it.
+    #[error("The VM runs on host {0}; ask that host's agent")]
+    Elsewhere(String),
     /// The file system holding the database is full.
     #[error("The state directory is full")]
     Full,
@@ -114,7 +119,15 @@ impl From<postgres::Error> for StoreError {
             {
                 StoreError::Changed("Another agent changed this meanwhile; try again".into())
             }
-            _ if e.is_closed() => StoreError::Unavailable(e.to_string()),
+            // Class 08 (connection exception) and 57P01-03 (the server shuts down or starts).
+            Some(c) if c.code().starts_with("08") || c.code().starts_with("57P0") => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ if e.is_closed()
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
             _ => StoreError::Postgres(e),
         }
     }
@@ -177,9 +190,11 @@ enum Engine {
 /// The database handle.
 pub struct Store {
     engine: Engine,
-    /// Bumped after every committed change, so readers can cache what they derived from the
-    /// store and know exactly when it went stale.
-    generation: AtomicU64,
+    /// This agent's host in the fleet (`[fleet] host`): the VMs it holds are its own.
+    host: String,
+    /// Bumped after every committed change (on PostgreSQL, other agents' too), so readers can
+    /// cache what they derived from the store and know exactly when it went stale.
+    generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -187,6 +202,9 @@ impl std::fmt::Debug for Store {
         f.write_str("Store")
     }
 }
+
+/// The host of a store nobody named one for (tests; the daemon always names it).
+pub const DEFAULT_HOST: &str = "local";
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
@@ -227,7 +245,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         let store = Self {
             engine: Engine::Sqlite(Mutex::new(conn)),
-            generation: AtomicU64::new(0),
+            host: DEFAULT_HOST.to_owned(),
+            generation: Arc::new(AtomicU64::new(0)),
         };
         store.migrate()?;
         store.sqlite().pragma_update(None, "foreign_keys", "ON")?;
@@ -237,13 +256,60 @@ impl Store {
     /// Connects to a PostgreSQL database (`postgres://...`) and brings its schema to this
     /// build's version. Blocks; never call it on an async worker thread.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_as(url, DEFAULT_HOST)
+    }
+
+    /// Connects to a shared PostgreSQL database as the agent of `host`: it follows the other
+    /// agents' commits and events (LISTEN) from now on.
+    pub fn connect_as(url: &str, host: &str) -> Result<Self, StoreError> {
+        let generation = Arc::new(AtomicU64::new(0));
         Ok(Self {
             engine: Engine::Postgres {
-                pool: pg::connect(url)?,
+                pool: pg::connect(url, host, generation.clone())?,
                 writer: Mutex::new(()),
             },
-            generation: AtomicU64::new(0),
+            host: host.to_owned(),
+            generation,
         })
+    }
+
+    /// Names this agent's host (SQLite: the one host there is).
+    pub fn on_host(mut self, host: &str) -> Self {
+        self.host = host.to_owned();
+        self
+    }
+
+    /// This agent's host.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether other agents share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.engine, Engine::Postgres { .. })
+    }
+
+    /// Makes sure every commit other agents finished before now is reflected in
+    /// `generation` (one round trip on PostgreSQL; nothing on SQLite).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(()),
+            Engine::Postgres { pool, .. } => pool.sync(),
+        }
+    }
+
+    /// Hands an event to the other agents (PostgreSQL; best effort, never blocks).
+    pub fn publish(&self, payload: &str) {
+        if let Engine::Postgres { pool, .. } = &self.engine {
+            pool.publish(payload);
+        }
+    }
+
+    /// Where the events other agents publish go.
+    pub fn on_event(&self, sink: impl Fn(&str) + Send + Sync + 'static) {
+        if let Engine::Postgres { pool, .. } = &self.engine {
+            pool.on_event(Box::new(sink));
+        }
     }
 
     /// The SQLite connection (tests reach under the store with it).
@@ -289,6 +355,11 @@ impl Store {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Moves the generation without a change in the store (what callers see changed).
+    pub fn touch(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     /// Schema version now in the file.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         match &self.engine {
@@ -318,17 +389,18 @@ impl Store {
     fn mutate<T>(
         &self,
         audit: &AuditCtx<'_>,
-        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
+        mut f: impl FnMut(&dyn Db) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.mutate_checked(audit, |tx| f(tx).map_err(Refusal::silent))
     }
 
     /// The one place transactions begin and end: runs `f` in a transaction and commits it
     /// when `f` says something changed (`(out, true)`), bumping the generation; otherwise, or
-    /// when `f` fails, nothing it wrote is kept. (A second engine retries here.)
+    /// when `f` fails, nothing it wrote is kept. On PostgreSQL, `f` runs again when another
+    /// agent's transaction made this one impossible to serialize.
     fn transaction<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&dyn Db) -> Result<(T, bool), E>,
+        mut f: impl FnMut(&dyn Db) -> Result<(T, bool), E>,
     ) -> Result<T, E> {
         let (out, changed) = match &self.engine {
             Engine::Sqlite(c) => {
@@ -342,7 +414,7 @@ impl Store {
             }
             Engine::Postgres { pool, writer } => {
                 let _one = writer.lock().unwrap();
-                pg::write(pool, f)?
+                pg::write(pool, true, f)?
             }
         };
         if changed {
@@ -351,11 +423,43 @@ impl Store {
         Ok(out)
     }
 
+    /// Runs `f` in a transaction that changes nothing anyone caches (heartbeats): no
+    /// generation, no notification.
+    fn quiet_write(&self, f: impl Fn(&dyn Db) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Sqlite(c) => {
+                let mut conn = c.lock().unwrap();
+                let tx = conn.transaction()?;
+                f(&tx)?;
+                tx.commit()?;
+                Ok(())
+            }
+            Engine::Postgres { pool, writer } => {
+                let _one = writer.lock().unwrap();
+                pg::write(pool, false, |db| f(db).map(|()| ((), true))).map(|_| ())
+            }
+        }
+    }
+
+    /// The database's clock (ms since the epoch): the one clock every agent of a fleet
+    /// reads, so heartbeats compare whatever the hosts' clocks say.
+    pub fn clock_ms(&self) -> Result<i64, StoreError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(now_ms()),
+            Engine::Postgres { .. } => self.read(|db| {
+                db.int(
+                    "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+                    &[],
+                )
+            }),
+        }
+    }
+
     /// Runs `f` in one transaction; `Ok(None)` means nothing changed: no commit, no audit row.
     fn mutate_opt<T>(
         &self,
         audit: &AuditCtx<'_>,
-        f: impl FnOnce(&dyn Db) -> Result<Option<T>, StoreError>,
+        mut f: impl FnMut(&dyn Db) -> Result<Option<T>, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         let out = self.transaction(|tx| -> Result<_, StoreError> {
             match f(tx)? {
@@ -377,7 +481,7 @@ impl Store {
     fn mutate_checked<T, E: From<StoreError>>(
         &self,
         audit: &AuditCtx<'_>,
-        f: impl FnOnce(&dyn Db) -> Result<T, Refusal<E>>,
+        mut f: impl FnMut(&dyn Db) -> Result<T, Refusal<E>>,
     ) -> Result<T, E> {
         let done = self.transaction(|tx| {
             let out = f(tx)?;

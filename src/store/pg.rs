@@ -11,31 +11,163 @@
 use super::sql::{Db, Row, Value};
 use super::StoreError;
 use bytes::BytesMut;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{IsolationLevel, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// The pool of connections of one store.
 pub(super) type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
-/// Owns a pool and closes it on a thread of its own: closing a client blocks, which the
-/// client refuses to do on a thread that drives async tasks (the daemon drops its store there).
-pub(super) struct Handle(Option<Pool>);
+/// What the store shares with its listener and publisher threads.
+pub(super) struct Shared {
+    /// This agent's host: notifications it sent itself are not news.
+    pub host: String,
+    /// The store's generation (`Store::generation`).
+    pub generation: Arc<AtomicU64>,
+    /// The last value of the `vmwarden_generation` sequence this agent saw.
+    fence: AtomicI64,
+    /// Where events of other agents go (`Store::on_event`).
+    on_event: Mutex<Option<EventSink>>,
+    stop: AtomicBool,
+}
+
+/// Receives the payload of another agent's event.
+pub(super) type EventSink = Box<dyn Fn(&str) + Send + Sync>;
+
+impl Shared {
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Owns a pool, the listener and the publisher of one store, and closes them on a thread of
+/// its own: closing a client blocks, which the client refuses to do on a thread that drives
+/// async tasks (the daemon drops its store there).
+pub(super) struct Handle {
+    pool: Option<Pool>,
+    pub shared: Arc<Shared>,
+    publish: Mutex<Option<mpsc::SyncSender<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
 
 impl std::ops::Deref for Handle {
     type Target = Pool;
 
     fn deref(&self) -> &Pool {
-        self.0.as_ref().expect("the pool lives until drop")
+        self.pool.as_ref().expect("the pool lives until drop")
     }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if let Some(pool) = self.0.take() {
-            let _ = std::thread::spawn(move || drop(pool)).join();
+        self.shared.stop.store(true, Ordering::Release);
+        self.publish.lock().unwrap().take();
+        let pool = self.pool.take();
+        let threads = std::mem::take(&mut self.threads);
+        let _ = std::thread::spawn(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+            drop(pool)
+        })
+        .join();
+    }
+}
+
+impl Handle {
+    /// Sends an event to the other agents (best effort: dropped while PostgreSQL is away or
+    /// the queue is full, never blocking the caller).
+    pub(super) fn publish(&self, payload: &str) {
+        if let Some(tx) = &*self.publish.lock().unwrap() {
+            let _ = tx.try_send(format!("{}\n{payload}", self.shared.host));
+        }
+    }
+
+    /// Sets where events of other agents go.
+    pub(super) fn on_event(&self, sink: EventSink) {
+        *self.shared.on_event.lock().unwrap() = Some(sink);
+    }
+
+    /// Catches up with commits of other agents: when the sequence every commit advances has
+    /// moved since this agent last looked, its caches are stale, whether or not the
+    /// notification has arrived yet. One round trip.
+    pub(super) fn sync(&self) -> Result<(), StoreError> {
+        let mut client = self.get().map_err(unavailable)?;
+        let seen: i64 = client
+            .query_one("SELECT last_value FROM vmwarden_generation", &[])?
+            .get(0);
+        if self.shared.fence.swap(seen, Ordering::AcqRel) != seen {
+            self.shared.bump();
+        }
+        Ok(())
+    }
+}
+
+/// Channels: one for "something committed", one for events.
+const CHANGED: &str = "vmwarden_changed";
+const EVENTS: &str = "vmwarden_events";
+
+/// Listens for other agents' commits and events, on a connection of its own, reconnecting
+/// with backoff. After every (re)connection the generation moves, since notifications sent
+/// while it was away are lost.
+fn listen(cfg: postgres::Config, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    while !shared.stop.load(Ordering::Acquire) {
+        let Ok(mut client) = cfg.connect(NoTls) else {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        if client
+            .batch_execute(&format!("LISTEN {CHANGED}; LISTEN {EVENTS}"))
+            .is_err()
+        {
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        shared.bump();
+        while !shared.stop.load(Ordering::Acquire) {
+            let next = {
+                let mut n = client.notifications();
+                let mut wait = n.timeout_iter(Duration::from_millis(200));
+                wait.next()
+                    .map(|o| o.map(|m| (m.channel().to_owned(), m.payload().to_owned())))
+            };
+            match next {
+                Ok(Some((channel, payload))) => deliver(&shared, &channel, &payload),
+                Ok(None) if !client.is_closed() => {}
+                _ => break,
+            }
+        }
+    }
+}
+
+fn deliver(shared: &Shared, channel: &str, payload: &str) {
+    let (origin, body) = payload.split_once('\n').unwrap_or((payload, ""));
+    if origin == shared.host {
+        return;
+    }
+    match channel {
+        CHANGED => shared.bump(),
+        EVENTS => {
+            if let Some(sink) = &*shared.on_event.lock().unwrap() {
+                sink(body);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Sends queued events with `pg_notify` (through the pool, which reconnects).
+fn publisher(pool: Pool, rx: mpsc::Receiver<String>) {
+    for payload in rx {
+        if let Ok(mut c) = pool.get() {
+            let _ = c.execute("SELECT pg_notify($1, $2)", &[&EVENTS, &payload]);
         }
     }
 }
@@ -141,26 +273,71 @@ const BASELINE_VERSION: i64 = 3;
 
 /// PostgreSQL migrations after the baseline: `AFTER_BASELINE[i]` takes version
 /// `BASELINE_VERSION + i` to the next (the same steps as SQLite's, in this dialect).
-const AFTER_BASELINE: &[&str] = &[];
+const AFTER_BASELINE: &[&str] = &[
+    // 4: hosts, placement, and the sequence every commit advances (the generation fence).
+    r#"
+CREATE TABLE hosts (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    version TEXT COLLATE "C" NOT NULL,
+    started_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL
+);
+ALTER TABLE vms ADD COLUMN host TEXT COLLATE "C";
+ALTER TABLE image_intents ADD COLUMN host TEXT COLLATE "C";
+ALTER TABLE projects ADD COLUMN host TEXT COLLATE "C";
+CREATE SEQUENCE vmwarden_generation;
+"#,
+];
 
 /// The version this build creates and reads.
 pub(super) fn latest() -> i64 {
     BASELINE_VERSION + AFTER_BASELINE.len() as i64
 }
 
-/// Opens a pool on `url` and brings the schema to the latest version.
-pub(super) fn connect(url: &str) -> Result<Handle, StoreError> {
+/// Opens a pool on `url`, brings the schema to the latest version, and starts listening to
+/// the other agents as `host`.
+pub(super) fn connect(
+    url: &str,
+    host: &str,
+    generation: Arc<AtomicU64>,
+) -> Result<Handle, StoreError> {
     let cfg: postgres::Config = url
         .parse()
         .map_err(|e: postgres::Error| StoreError::Unavailable(e.to_string()))?;
     let pool = r2d2::Pool::builder()
         .max_size(8)
         .min_idle(Some(1))
-        .connection_timeout(Duration::from_secs(5))
-        .build(PostgresConnectionManager::new(cfg, NoTls))
+        // A request waits this long for PostgreSQL before it answers 503.
+        .connection_timeout(Duration::from_secs(2))
+        .build(PostgresConnectionManager::new(cfg.clone(), NoTls))
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     migrate(&pool)?;
-    Ok(Handle(Some(pool)))
+    let shared = Arc::new(Shared {
+        host: host.to_owned(),
+        generation,
+        fence: AtomicI64::new(0),
+        on_event: Mutex::new(None),
+        stop: AtomicBool::new(false),
+    });
+    let (tx, rx) = mpsc::sync_channel(1024);
+    let listener = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("pg-listen".into())
+            .spawn(move || listen(cfg, shared))?
+    };
+    let publisher = {
+        let pool = pool.clone();
+        std::thread::Builder::new()
+            .name("pg-publish".into())
+            .spawn(move || publisher(pool, rx))?
+    };
+    Ok(Handle {
+        pool: Some(pool),
+        shared,
+        publish: Mutex::new(Some(tx)),
+        threads: vec![listener, publisher],
+    })
 }
 
 fn migrate(pool: &Pool) -> Result<(), StoreError> {
@@ -218,29 +395,75 @@ pub(super) fn read<T>(
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()?;
-    let db = PgDb(RefCell::new(tx));
+    let db = PgDb(RefCell::new(tx), Cell::new(false));
     let out = f(&db)?;
     db.0.into_inner().commit()?;
     Ok(out)
 }
 
-/// Runs `f` in a SERIALIZABLE transaction, committed when it says something changed.
+/// Attempts of a write that PostgreSQL could not serialize with another agent's.
+const ATTEMPTS: u32 = 5;
+
+/// Runs `f` in a SERIALIZABLE transaction, committed when it says something changed, and
+/// runs it again (up to `ATTEMPTS` times) when another agent's transaction got in the way.
+/// A commit tells the other agents (`NOTIFY`, delivered only if it commits) and then moves
+/// the fence sequence, after the commit, so that an agent that sees the new value also sees
+/// the change.
 pub(super) fn write<T, E: From<StoreError>>(
-    pool: &Pool,
-    f: impl FnOnce(&dyn Db) -> Result<(T, bool), E>,
+    h: &Handle,
+    notify: bool,
+    mut f: impl FnMut(&dyn Db) -> Result<(T, bool), E>,
 ) -> Result<(T, bool), E> {
-    let mut client = pool.get().map_err(unavailable)?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::Serializable)
-        .start()
-        .map_err(StoreError::from)?;
-    let db = PgDb(RefCell::new(tx));
-    let (out, changed) = f(&db)?;
-    if changed {
-        db.0.into_inner().commit().map_err(StoreError::from)?;
+    let mut client = h.get().map_err(unavailable)?;
+    let mut attempt = 1;
+    loop {
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::Serializable)
+            .start()
+            .map_err(StoreError::from)?;
+        let out = {
+            let db = PgDb(RefCell::new(tx), Cell::new(false));
+            match f(&db) {
+                Ok((out, false)) => return Ok((out, false)),
+                Ok((out, true)) => {
+                    let PgDb(tx, _) = db;
+                    let mut tx = tx.into_inner();
+                    let done = tx
+                        .execute("SELECT pg_notify($1, $2)", &[&CHANGED, &h.shared.host])
+                        .and_then(|_| tx.commit());
+                    match done {
+                        Ok(()) => Some(out),
+                        Err(e) if serialization(&e) && attempt < ATTEMPTS => None,
+                        Err(e) => return Err(StoreError::from(e).into()),
+                    }
+                }
+                Err(_) if db.1.get() && attempt < ATTEMPTS => None,
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(out) = out {
+            if !notify {
+                return Ok((out, true));
+            }
+            if let Ok(r) = client.query_one("SELECT nextval('vmwarden_generation')", &[]) {
+                h.shared.fence.store(r.get(0), Ordering::Release);
+            }
+            return Ok((out, true));
+        }
+        attempt += 1;
+        // Spread the retries of agents that collided, so they do not collide again.
+        std::thread::sleep(Duration::from_millis(
+            u64::from(attempt) * 3 + u64::from(rand::random::<u8>() % 8),
+        ));
     }
-    Ok((out, changed))
+}
+
+fn serialization(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    })
 }
 
 /// The store's SQL in this dialect: `?N` becomes `$N`, and bare `?`s are numbered in order.
@@ -326,21 +549,32 @@ fn row(r: &postgres::Row) -> Result<Row, StoreError> {
     Ok(Row::new(values))
 }
 
-/// Statements of one transaction.
-struct PgDb<'a>(RefCell<postgres::Transaction<'a>>);
+/// Statements of one transaction; remembers whether one failed for want of serializability
+/// (the whole transaction is then worth another attempt).
+struct PgDb<'a>(RefCell<postgres::Transaction<'a>>, Cell<bool>);
+
+impl PgDb<'_> {
+    fn seen(&self, e: postgres::Error) -> StoreError {
+        if serialization(&e) {
+            self.1.set(true);
+        }
+        e.into()
+    }
+}
 
 impl Db for PgDb<'_> {
     fn exec(&self, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
-        Ok(self
-            .0
+        self.0
             .borrow_mut()
-            .execute(dialect(sql).as_str(), &params(args))?)
+            .execute(dialect(sql).as_str(), &params(args))
+            .map_err(|e| self.seen(e))
     }
 
     fn rows(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
         self.0
             .borrow_mut()
-            .query(dialect(sql).as_str(), &params(args))?
+            .query(dialect(sql).as_str(), &params(args))
+            .map_err(|e| self.seen(e))?
             .iter()
             .map(row)
             .collect()

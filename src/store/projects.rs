@@ -178,9 +178,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
             tx.exec(
-                "INSERT INTO projects (name, verifier, delivered, created_by, created_ms)
-                 VALUES (?1, ?2, FALSE, ?3, ?4)",
-                args![name.as_str(), verifier, a.actor, super::now_ms()],
+                "INSERT INTO projects (name, verifier, delivered, created_by, created_ms, host)
+                 VALUES (?1, ?2, FALSE, ?3, ?4, ?5)",
+                args![
+                    name.as_str(),
+                    verifier,
+                    a.actor,
+                    super::now_ms(),
+                    self.host()
+                ],
             )
             .map_err(|e| super::unique(e, &format!("Project {name}")))?;
             for m in members {
@@ -194,6 +200,21 @@ impl Store {
                 )?;
             }
             Ok(())
+        })
+    }
+
+    /// Projects this agent's host created whose shares it never delivered (a crash between
+    /// the two): nobody else is waiting on them. Another host's are its own to judge.
+    pub fn undelivered_projects(&self) -> Result<Vec<ProjectName>, StoreError> {
+        self.read(|db| {
+            db.rows(
+                "SELECT name FROM projects WHERE NOT delivered AND (host IS NULL OR host = ?1)
+                 ORDER BY name",
+                args![self.host()],
+            )?
+            .iter()
+            .map(|r| r.parse(0))
+            .collect()
         })
     }
 
@@ -317,7 +338,7 @@ impl Store {
         project: &ProjectName,
         user: &UserName,
         transfer_to: Option<&UserName>,
-        check: impl FnOnce(&MemberHoldings) -> Result<(), Refusal<E>>,
+        check: impl Fn(&MemberHoldings) -> Result<(), Refusal<E>>,
     ) -> Result<MemberRemoval, E> {
         self.mutate_checked(a, |tx| {
             let (p, u) = (project.as_str(), user.as_str());

@@ -204,4 +204,18 @@ ALTER TABLE project_members RENAME COLUMN user TO username;
 ALTER TABLE vm_roles RENAME COLUMN user TO username;
 ALTER TABLE drive_owners RENAME COLUMN user TO username;
 "#,
+    // 4: a fleet (DESIGN section 7). Each agent's host, with its heartbeat; the host that
+    // holds a VM while it is not stopped; the host that announced an image (only it may
+    // clean it up, as long as it is up).
+    r#"
+CREATE TABLE hosts (
+    name TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+ALTER TABLE vms ADD COLUMN host TEXT;
+ALTER TABLE image_intents ADD COLUMN host TEXT;
+ALTER TABLE projects ADD COLUMN host TEXT;
+"#,
 ];

@@ -93,6 +93,7 @@ fn vm(id: VmId, drives: Vec<DriveId>) -> Vm {
         idle: IdlePolicy::default(),
         state: VmState::Stopped,
         state_reason: "created".into(),
+        host: None,
     }
 }
 
@@ -478,15 +479,15 @@ fn image_intents_cover_files_without_rows() {
     for (_d, s) in setups() {
         let d = drive(DriveId::new_random(), "alice");
         s.intend_image(d.storage).unwrap();
-        assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage]));
+        assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage], vec![]));
         s.create_drive(&ctx("drive.create"), &d, b"w", None)
             .unwrap();
-        assert_eq!(s.storages().unwrap(), (vec![d.storage], vec![]));
+        assert_eq!(s.storages().unwrap(), (vec![d.storage], vec![], vec![]));
         let storage = s.delete_drive(&ctx("drive.delete"), d.id).unwrap();
         assert_eq!(storage, d.storage);
-        assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage]));
+        assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage], vec![]));
         s.drop_intent(storage).unwrap();
-        assert_eq!(s.storages().unwrap(), (vec![], vec![]));
+        assert_eq!(s.storages().unwrap(), (vec![], vec![], vec![]));
     }
 }
 

@@ -117,7 +117,7 @@ pub(super) fn load_vms(db: &dyn Db, only: Option<VmId>) -> Result<Vec<Vm>, Store
     let only = only.map(|v| v.to_string());
     let mut vms: Vec<Vm> = db
         .rows(
-            "SELECT id, name, project, team, vcpus, memory_mib, idle, state, state_reason
+            "SELECT id, name, project, team, vcpus, memory_mib, idle, state, state_reason, host
              FROM vms WHERE (CAST(?1 AS TEXT) IS NULL OR id = ?1) ORDER BY created_ms, id",
             args![only.as_deref()],
         )?
@@ -133,6 +133,7 @@ pub(super) fn load_vms(db: &dyn Db, only: Option<VmId>) -> Result<Vec<Vm>, Store
                 idle: IdlePolicy::from_stored(&r.text(6)?),
                 state: VmState::parse(&r.text(7)?),
                 state_reason: r.text(8)?,
+                host: r.opt_text(9)?,
                 owners: vec![],
                 users: vec![],
                 drives: vec![],
@@ -202,6 +203,11 @@ fn role_facts(
         vm,
     }))
 }
+
+/// Records a state; a VM that is not stopped is held by this agent's host (`?4`), and a
+/// stopped one by nobody, so any host may start it next.
+const HOLD: &str = "UPDATE vms SET state = ?2, state_reason = ?3,
+    host = CASE WHEN ?2 = 'stopped' THEN NULL ELSE ?4 END WHERE id = ?1";
 
 impl Store {
     /// Inserts a new VM with its creator as owner and its drives attached. `taken` says
@@ -311,8 +317,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.transaction(|tx| {
             tx.exec(
-                "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
-                args![id.to_string(), state.as_str(), reason],
+                HOLD,
+                args![id.to_string(), state.as_str(), reason, self.host()],
             )?;
             super::audit::insert(tx, a, outcome)?;
             Ok::<_, StoreError>(((), true))
@@ -331,15 +337,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
             tx.exec(
-                "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
-                args![id.to_string(), state.as_str(), reason],
+                HOLD,
+                args![id.to_string(), state.as_str(), reason, self.host()],
             )?;
             Ok(())
         })
     }
 
     /// Moves a VM into a transitional state (`starting`, `stopping`) or back, if it is in one
-    /// of `from`; otherwise returns the state it is in. Not audited: the operation that
+    /// of `from`; otherwise returns the state it is in. This claims the VM for this agent's
+    /// host; a VM another host holds is `Elsewhere`, whatever its state. Not audited: the operation that
     /// moves it records its own row when it ends.
     pub fn transition(
         &self,
@@ -349,19 +356,25 @@ impl Store {
         reason: &str,
     ) -> Result<Result<VmState, VmState>, StoreError> {
         self.transaction(|tx| {
-            let now: Option<String> = tx
-                .row("SELECT state FROM vms WHERE id = ?1", args![id.to_string()])?
-                .map(|r| r.text(0))
-                .transpose()?;
-            let Some(now) = now.map(|s| VmState::parse(&s)) else {
+            let Some(row) = tx.row(
+                "SELECT state, host FROM vms WHERE id = ?1",
+                args![id.to_string()],
+            )?
+            else {
                 return Err(StoreError::Missing("VM", id.to_string()));
             };
+            let now = VmState::parse(&row.text(0)?);
+            if let Some(holder) = row.opt_text(1)? {
+                if holder != self.host() && now != VmState::Stopped {
+                    return Err(StoreError::Elsewhere(holder));
+                }
+            }
             if !from.contains(&now) {
                 return Ok((Err(now), false));
             }
             tx.exec(
-                "UPDATE vms SET state = ?2, state_reason = ?3 WHERE id = ?1",
-                args![id.to_string(), to.as_str(), reason],
+                HOLD,
+                args![id.to_string(), to.as_str(), reason, self.host()],
             )?;
             Ok((Ok(now), true))
         })
@@ -376,7 +389,7 @@ impl Store {
         vm: VmId,
         target: &UserName,
         role: Option<Role>,
-        check: impl FnOnce(&RoleFacts) -> Result<(), Refusal<E>>,
+        check: impl Fn(&RoleFacts) -> Result<(), Refusal<E>>,
     ) -> Result<(Change, Vm), E> {
         self.mutate_checked(a, |tx| {
             let facts = role_facts(tx, vm, a.actor, target)?

@@ -46,6 +46,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/vms/{id}/drives/{drive}"),
     ("DELETE", "/v1/vms/{id}/drives/{drive}"),
     ("GET", "/v1/host/vms"),
+    ("GET", "/v1/fleet/hosts"),
+    ("GET", "/v1/fleet/vms"),
     ("POST", "/v1/host/vms/{id}/stop"),
     ("GET", "/v1/events"),
     ("GET", "/v1/audit"),
@@ -188,6 +190,10 @@ pub enum Op {
     Detach(ObjectRef, ObjectRef),
     /// `GET /v1/host/vms`.
     HostVms,
+    /// `GET /v1/fleet/hosts`.
+    FleetHosts,
+    /// `GET /v1/fleet/vms`.
+    FleetVms,
     /// `POST /v1/host/vms/{id}/stop`.
     HostStop {
         /// The VM.
@@ -221,6 +227,8 @@ impl Op {
                 | Op::Members(_)
                 | Op::ConsoleLog(..)
                 | Op::HostVms
+                | Op::FleetHosts
+                | Op::FleetVms
                 | Op::Events
                 | Op::Audit(..)
                 | Op::Metrics
@@ -681,6 +689,8 @@ pub fn parse(
             Op::ConsoleLog(vm, offset)
         }
         ("GET", "/v1/host/vms") => Op::HostVms,
+        ("GET", "/v1/fleet/hosts") => Op::FleetHosts,
+        ("GET", "/v1/fleet/vms") => Op::FleetVms,
         ("POST", "/v1/host/vms/{id}/stop") => {
             let vm = param(p(0), "VM")?;
             let b: StopRequest = json(&body)?;

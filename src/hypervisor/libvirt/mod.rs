@@ -277,13 +277,13 @@ impl Hypervisor for Libvirt {
                 Err(e) if is_no_domain(&e) => continue,
                 Err(e) => return Err(self.error(&conn, "Reading a domain state failed", e)),
             };
-            let ours = match dom.metadata(
+            let (ours, host) = match dom.metadata(
                 sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
                 Some(xml::METADATA_NS),
                 0,
             ) {
-                Ok(_) => true,
-                Err(e) if code_is(&e, ErrorNumber::NoDomainMetadata) => false,
+                Ok(m) => (true, xml::metadata_host(&m)),
+                Err(e) if code_is(&e, ErrorNumber::NoDomainMetadata) => (false, None),
                 Err(e) if is_no_domain(&e) => continue,
                 Err(e) => return Err(self.error(&conn, "Reading domain metadata failed", e)),
             };
@@ -294,7 +294,12 @@ impl Hypervisor for Libvirt {
             };
             let running =
                 state.is_known_and(|s| matches!(s, DomainState::Running | DomainState::Blocked));
-            out.push(DomainInfo { name, vm, running });
+            out.push(DomainInfo {
+                name,
+                vm,
+                host,
+                running,
+            });
         }
         Ok(out)
     }
