@@ -33,6 +33,13 @@ impl Service {
                 s.hosts()
             })
             .await?;
+        self.note_down(&hosts, now);
+        Ok(())
+    }
+
+    /// Learns which hosts are down from rows just read, so every view agrees with the last
+    /// look at the hosts table (a heartbeat, or `GET /v1/fleet/hosts`).
+    fn note_down(&self, hosts: &[HostRow], now: i64) {
         let down: HashSet<String> = hosts
             .iter()
             .filter(|h| self.is_down(h, now))
@@ -49,7 +56,6 @@ impl Service {
             *known = down;
             self.store.touch();
         }
-        Ok(())
     }
 
     fn is_down(&self, h: &HostRow, now_ms: i64) -> bool {
@@ -71,6 +77,7 @@ impl Service {
     pub async fn fleet_hosts(&self, p: &Principal) -> Result<Vec<FleetHost>> {
         self.check(p, &Action::Admin(AdminAction::HostInventory), "")?;
         let ((now, hosts), vms) = self.db(|s| Ok((s.hosts()?, s.vms()?))).await?;
+        self.note_down(&hosts, now);
         Ok(hosts
             .into_iter()
             .map(|h| FleetHost {

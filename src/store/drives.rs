@@ -10,6 +10,9 @@ use super::vms::attach_tx;
 use super::{AuditCtx, Change, Store, StoreError};
 use crate::model::{Drive, DriveId, StorageId, UserName, VmId};
 
+/// Storage ids: of drive rows, of this host's image intents, of other hosts' intents.
+pub type StorageSets = (Vec<StorageId>, Vec<StorageId>, Vec<StorageId>);
+
 /// A drive with its wrapped passphrases.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DriveRow {
@@ -79,7 +82,7 @@ impl Store {
     /// Storage ids of every drive row; of every image this host announced with no row yet;
     /// and of every image other hosts announced (theirs to finish or clean up, in a shared
     /// drives folder).
-    pub fn storages(&self) -> Result<(Vec<StorageId>, Vec<StorageId>, Vec<StorageId>), StoreError> {
+    pub fn storages(&self) -> Result<StorageSets, StoreError> {
         self.read(|db| {
             let column =
                 |sql: &str, args: &[super::sql::Value]| -> Result<Vec<StorageId>, StoreError> {

@@ -119,8 +119,11 @@ fn listen(cfg: postgres::Config, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(100);
     while !shared.stop.load(Ordering::Acquire) {
         let Ok(mut client) = cfg.connect(NoTls) else {
+            if backoff == Duration::from_millis(100) {
+                tracing::warn!("lost the fleet's notifications; reconnecting");
+            }
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(Duration::from_millis(500));
             continue;
         };
         if client
@@ -129,8 +132,12 @@ fn listen(cfg: postgres::Config, shared: Arc<Shared>) {
         {
             continue;
         }
+        if backoff > Duration::from_millis(100) {
+            tracing::info!("following the fleet's notifications again");
+        }
         backoff = Duration::from_millis(100);
         shared.bump();
+        let mut idle = std::time::Instant::now();
         while !shared.stop.load(Ordering::Acquire) {
             let next = {
                 let mut n = client.notifications();
@@ -140,9 +147,13 @@ fn listen(cfg: postgres::Config, shared: Arc<Shared>) {
             };
             match next {
                 Ok(Some((channel, payload))) => deliver(&shared, &channel, &payload),
-                Ok(None) if !client.is_closed() => {}
+                // A connection the server ended looks idle to the iterator, so an idle
+                // listener asks the server now and then whether it is still there.
+                Ok(None) if idle.elapsed() < Duration::from_millis(500) => continue,
+                Ok(None) if client.is_valid(Duration::from_secs(1)).is_ok() => {}
                 _ => break,
             }
+            idle = std::time::Instant::now();
         }
     }
 }

@@ -50,7 +50,8 @@ fn as_owner(program: &Path) -> Command {
     }
 }
 
-/// Removes the folders of earlier runs whose server is gone.
+/// Removes the folders of earlier runs whose test process is gone (a server stopped for a
+/// while by `restart` keeps its folder: the process that owns it lives).
 fn sweep() {
     let Ok(entries) = std::fs::read_dir("/tmp") else {
         return;
@@ -60,9 +61,12 @@ fn sweep() {
         if !name.to_string_lossy().starts_with("vmw-pg-") {
             continue;
         }
-        let pid = std::fs::read_to_string(e.path().join("data/postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
+        let read = |f: &str| {
+            std::fs::read_to_string(e.path().join(f))
+                .ok()
+                .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok())
+        };
+        let pid = read("owner").or_else(|| read("data/postmaster.pid"));
         let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
         if !alive {
             let _ = std::fs::remove_dir_all(e.path());
@@ -78,6 +82,7 @@ fn start() -> PathBuf {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     ));
     std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("owner"), std::process::id().to_string()).unwrap();
     if nix::unistd::geteuid().is_root() {
         let pg = nix::unistd::User::from_name("postgres")
             .unwrap()
@@ -102,10 +107,22 @@ fn start() -> PathBuf {
         .status()
         .unwrap();
     assert!(st.success(), "initdb failed");
+    serve(&dir);
+    dir
+}
+
+/// Starts the server of the cluster in `dir` and waits until it answers.
+fn serve(dir: &Path) {
+    let bin = bindir();
+    let data = dir.join("data");
     let (tx, rx) = std::sync::mpsc::channel();
-    let (d2, data2) = (dir.clone(), data.clone());
+    let (d2, data2) = (dir.to_owned(), data.clone());
     std::thread::spawn(move || {
-        let log = std::fs::File::create(d2.join("server.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d2.join("server.log"))
+            .unwrap();
         let child = as_owner(&bin.join("postgres"))
             .arg("-D")
             .arg(&data2)
@@ -135,7 +152,7 @@ fn start() -> PathBuf {
     });
     rx.recv().unwrap().expect("postgres starts");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while postgres::Client::connect(&conninfo(&dir, "postgres"), postgres::NoTls).is_err() {
+    while postgres::Client::connect(&conninfo(dir, "postgres"), postgres::NoTls).is_err() {
         assert!(
             Instant::now() < deadline,
             "postgres did not answer: {}",
@@ -143,7 +160,26 @@ fn start() -> PathBuf {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    dir
+}
+
+/// Stops this process's cluster (fast shutdown: sessions are cut), keeps it down for
+/// `down_for`, and starts it again (tests of an outage of the fleet's database).
+pub fn restart(down_for: Duration) {
+    let dir = CLUSTER.get_or_init(start).clone();
+    std::thread::spawn(move || {
+        let st = as_owner(&bindir().join("pg_ctl"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "pg_ctl stop failed");
+        std::thread::sleep(down_for);
+        serve(&dir);
+    })
+    .join()
+    .unwrap();
 }
 
 fn conninfo(dir: &Path, db: &str) -> String {

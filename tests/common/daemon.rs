@@ -31,6 +31,12 @@ pub struct Opts {
     pub tmpfs_state: Option<String>,
     /// Log only warnings (benchmarks: logging is not what they measure).
     pub quiet: bool,
+    /// `[fleet]` lines.
+    pub fleet: String,
+    /// `[storage]` lines.
+    pub storage: String,
+    /// This store instead of the one `VMWARDEN_TEST_STORE` picks (agents of one fleet).
+    pub store_url: Option<String>,
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -58,7 +64,7 @@ impl Daemon {
         let socket = dir.join("s.sock");
         let config = dir.join("config.toml");
         let uri = opts.uri.clone().unwrap_or_else(|| "qemu:///system".into());
-        let store_url = store_url();
+        let store_url = opts.store_url.clone().unwrap_or_else(store_url);
         let text = format!(
             r#"[daemon]
 socket = "{sock}"
@@ -90,6 +96,12 @@ orchestrators = ["root"]
 
 [store]
 url = "{store}"
+
+[fleet]
+{fleet}
+
+[storage]
+{storage}
 "#,
             sock = socket.display(),
             dir = dir.display(),
@@ -99,6 +111,8 @@ url = "{store}"
             idle = opts.idle,
             limits = opts.limits,
             store = store_url,
+            fleet = opts.fleet,
+            storage = opts.storage,
         );
         std::fs::write(&config, text).unwrap();
         if let Some(size) = &opts.tmpfs_state {
