@@ -5,69 +5,10 @@
 mod common;
 use bytes::Bytes;
 use common::*;
-use http_body_util::Full;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const VMS: usize = 1000;
-const CLIENTS: usize = 8;
-const PER_CLIENT: usize = 250;
-
-async fn load(socket: &std::path::Path, user: Option<&'static str>) -> Stats {
-    // Warm-up, then CLIENTS keep-alive connections issuing PER_CLIENT requests each.
-    let mut c = Conn::open(socket).await;
-    for _ in 0..20 {
-        assert_eq!(c.call("GET", "/v1/vms", user, None).await.0, 200);
-    }
-    let started = Instant::now();
-    let mut tasks = vec![];
-    for _ in 0..CLIENTS {
-        let socket = socket.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(&socket).await;
-            let mut lat = Vec::with_capacity(PER_CLIENT);
-            for _ in 0..PER_CLIENT {
-                let t = Instant::now();
-                let (st, _) = c.call("GET", "/v1/vms", user, None).await;
-                assert_eq!(st, 200);
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut all = vec![];
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    Stats::from(all, started.elapsed().as_secs_f64())
-}
-
-async fn bare_server(path: std::path::PathBuf, body: Bytes) {
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let body = Arc::new(body);
-    loop {
-        let (stream, _) = listener.accept().await.unwrap();
-        let body = body.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |_req| {
-                let body = body.clone();
-                async move {
-                    let mut r = hyper::Response::new(Full::new((*body).clone()));
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, std::convert::Infallible>(r)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -80,6 +21,8 @@ fn main() {
         assert_eq!(c.call("PUT", "/v1/users/root", Some("root"), Some(json!({"team": "ops"}))).await.0, 200);
         assert_eq!(c.call("PUT", "/v1/users/alice", Some("root"), Some(json!({"team": "lab"}))).await.0, 200);
         assert_eq!(c.call("POST", "/v1/projects", Some("root"), Some(json!({"name": "p", "members": ["alice"]}))).await.0, 201);
+        // The answer that carries the shares ends its connection.
+        let mut c = Conn::open(&d.socket).await;
         let t = Instant::now();
         for i in 0..VMS {
             let (st, _) = c

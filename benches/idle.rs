@@ -120,6 +120,8 @@ fn part_a_rss() {
         let mut c = Conn::open(&d.socket).await;
         c.call("PUT", "/v1/users/alice", Some("root"), Some(json!({"team": "lab"}))).await;
         c.call("POST", "/v1/projects", Some("root"), Some(json!({"name": "p", "members": ["alice"]}))).await;
+        // The answer that carries the shares ends its connection.
+        let mut c = Conn::open(&d.socket).await;
         let mut ids = vec![];
         for i in 0..1000 {
             let (st, b) = c.call("POST", "/v1/vms", Some("alice"), Some(json!({"name": format!("v{i}"), "project": "p", "vcpus": 1, "memory_mib": 64}))).await;

@@ -111,6 +111,8 @@ fn main() {
         c.call("PUT", "/v1/users/alice", Some("root"), Some(json!({"team": "lab"}))).await;
         let (_, b) = c.call("POST", "/v1/projects", Some("root"), Some(json!({"name": "p", "members": ["alice"]}))).await;
         let shares: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        // The answer that carries the shares ends its connection.
+        let mut c = Conn::open(&d.socket).await;
         c.call("POST", "/v1/projects/p/unlock", Some("root"), Some(json!({"share": shares["admin_share"]}))).await;
         c.call("POST", "/v1/projects/p/unlock", Some("alice"), Some(json!({"share": shares["member_share"]}))).await;
         let t = Instant::now();

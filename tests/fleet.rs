@@ -50,6 +50,23 @@ impl Fleet {
     }
 }
 
+/// `vmwarden args` (as root) against one agent's socket; its standard output.
+fn cli(d: &Daemon, args: &[&str]) -> String {
+    let o = std::process::Command::new(bin("vmwarden"))
+        .env("VMWARDEN_SOCKET", &d.socket)
+        .env("TZ", "UTC")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn names(r: &Resp) -> Vec<String> {
     r.body
         .as_array()
@@ -207,6 +224,30 @@ fn a_vm_runs_on_one_host_and_only_its_agent_acts_on_it() {
         let r = a.get("/v1/host/vms", "root").await;
         assert!(r.body.as_array().unwrap().is_empty(), "{r:?}");
         assert_eq!(a.get("/v1/fleet/hosts", "alice").await.status, 403);
+        // The operator's view through C's socket.
+        let hosts = cli(&f.agents[2], &["fleet", "hosts"]);
+        let rows: Vec<Vec<&str>> = hosts
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows[0][..4], ["HOST", "STATE", "VERSION", "VMS"], "{hosts}");
+        assert_eq!(rows[2][..2], ["h2", "up"], "{hosts}");
+        assert_eq!(rows[2][3], "1", "{hosts}");
+        let vms = cli(&f.agents[0], &["fleet", "vms"]);
+        assert!(
+            vms.lines().nth(1).is_some_and(|l| l.starts_with("v ")
+                && l.contains(" h2 ")
+                && l.contains("running")),
+            "{vms}"
+        );
+        // And a refused stop says where to go.
+        let o = std::process::Command::new(bin("vmwarden"))
+            .env("VMWARDEN_SOCKET", &f.agents[2].socket)
+            .args(["--as", "alice", "vm", "stop", "--force", "v"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("h2"), "{err}");
         // Stopped through B, it starts through C.
         let r = b.stop(&v, "alice", true).await;
         assert_eq!(r.status, 200, "{r:?}");

@@ -190,6 +190,9 @@ pub enum Cmd {
     /// Host inventory (admins).
     #[command(subcommand)]
     Host(HostCmd),
+    /// The fleet's hosts and VMs (admins; with SQLite, this host alone).
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// Audit log, newest first.
     Audit {
         /// Only this VM.
@@ -503,6 +506,15 @@ pub enum VmCmd {
         #[arg(short, long)]
         follow: bool,
     },
+}
+
+/// `vmwarden fleet ...`.
+#[derive(Subcommand, Debug)]
+pub enum FleetCmd {
+    /// Every host: state (up, down), version, last heartbeat, VMs held.
+    Hosts,
+    /// Every VM of the fleet with the host holding it, without drive details.
+    Vms,
 }
 
 /// `vmwarden host ...`.

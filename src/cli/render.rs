@@ -329,6 +329,39 @@ pub fn host_vms(vms: &[Value]) -> Table {
     t
 }
 
+/// `fleet hosts`: HOST, STATE, VERSION, VMS, LAST SEEN, STARTED.
+pub fn fleet_hosts(hosts: &[Value], now_ms: i64) -> Table {
+    let mut t = Table::new(&["HOST", "STATE", "VERSION", "VMS", "LAST SEEN", "STARTED"]);
+    for h in hosts {
+        t.row(vec![
+            s(&h["name"]),
+            s(&h["state"]),
+            s(&h["version"]),
+            s(&h["vms"]),
+            relative(h["last_seen_ms"].as_i64().unwrap_or(0), now_ms),
+            relative(h["started_ms"].as_i64().unwrap_or(0), now_ms),
+        ]);
+    }
+    t
+}
+
+/// `fleet vms`: NAME, ID, PROJECT, HOST, STATE, VCPUS, MEMORY.
+pub fn fleet_vms(vms: &[Value]) -> Table {
+    let mut t = Table::new(&["NAME", "ID", "PROJECT", "HOST", "STATE", "VCPUS", "MEMORY"]);
+    for v in vms {
+        t.row(vec![
+            s(&v["name"]),
+            short_id(&s(&v["id"])),
+            s(&v["project"]),
+            v["host"].as_str().unwrap_or("-").to_owned(),
+            s(&v["state"]),
+            s(&v["vcpus"]),
+            size(v["memory_mib"].as_u64().unwrap_or(0)),
+        ]);
+    }
+    t
+}
+
 /// `audit`: TIME, AGO, ACTOR, ACTION, VM, TARGET (blank when it is the VM), OUTCOME, DETAIL.
 pub fn audit(rows: &[Value], vm_names: &HashMap<String, String>, now_ms: i64) -> Table {
     let mut t = Table::new(&[

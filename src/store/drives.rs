@@ -59,23 +59,24 @@ fn load_drive(db: &dyn Db, id: DriveId) -> Result<Option<DriveRow>, StoreError> 
 impl Store {
     /// Announces an image file about to be created.
     pub fn intend_image(&self, storage: StorageId) -> Result<(), StoreError> {
-        self.transaction(|db| {
+        // Intents are read only by start-up recovery: nothing cached changes.
+        self.quiet_write(|db| {
             db.exec(
                 "INSERT INTO image_intents (storage, created_ms, host) VALUES (?1, ?2, ?3)",
                 args![storage.to_string(), super::now_ms(), self.host()],
             )?;
-            Ok::<_, StoreError>(((), true))
+            Ok(())
         })
     }
 
     /// Withdraws an image announcement (the file was not created, or was removed).
     pub fn drop_intent(&self, storage: StorageId) -> Result<(), StoreError> {
-        self.transaction(|db| {
+        self.quiet_write(|db| {
             db.exec(
                 "DELETE FROM image_intents WHERE storage = ?1",
                 args![storage.to_string()],
             )?;
-            Ok::<_, StoreError>(((), true))
+            Ok(())
         })
     }
 

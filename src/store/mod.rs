@@ -506,10 +506,8 @@ impl Store {
 
     /// Records a refused or failed attempt (its own transaction; nothing else changed).
     pub fn audit_outcome(&self, audit: &AuditCtx<'_>, outcome: &str) -> Result<(), StoreError> {
-        self.transaction(|db| {
-            audit::insert(db, audit, outcome)?;
-            Ok::<_, StoreError>(((), true))
-        })?;
+        // Nothing anyone caches changes: no generation, no notification.
+        self.quiet_write(|db| audit::insert(db, audit, outcome))?;
         audit::log(audit, outcome);
         Ok(())
     }

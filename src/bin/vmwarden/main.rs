@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use vmwarden::cli::client::{
-    Cli, Cmd, DriveArg, DriveCmd, Format, HostCmd, ManPage, ProjectCmd, ShareOut, ShellArg,
-    UserCmd, VmArg, VmCmd,
+    Cli, Cmd, DriveArg, DriveCmd, FleetCmd, Format, HostCmd, ManPage, ProjectCmd, ShareOut,
+    ShellArg, UserCmd, VmArg, VmCmd,
 };
 use vmwarden::cli::{advice, render, yaml};
 use vmwarden::client::ClientError;
@@ -381,6 +381,15 @@ async fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
         Cmd::Drive(d) => drive(ctx, d).await?,
         Cmd::Vm(v) => vm(ctx, v, now).await?,
         Cmd::Host(h) => host(ctx, h).await?,
+        Cmd::Fleet(FleetCmd::Hosts) => {
+            let v = ctx.get("/v1/fleet/hosts").await?;
+            let now = now_ms();
+            ctx.show_list(&v, "name", |r| render::fleet_hosts(r, now).render());
+        }
+        Cmd::Fleet(FleetCmd::Vms) => {
+            let v = ctx.get("/v1/fleet/vms").await?;
+            ctx.show_list(&v, "id", |r| render::fleet_vms(r).render());
+        }
         Cmd::Audit {
             vm,
             user,
