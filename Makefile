@@ -40,10 +40,12 @@ contract-tools:
 # Each fuzz target for FUZZ_SECONDS (default 60) from its corpus in fuzz/corpus/<target>;
 # new inputs it finds are kept there. Stable rustc builds them with RUSTC_BOOTSTRAP=1.
 FUZZ_SECONDS ?= 60
-# The socket suites that already run on PostgreSQL too (each daemon on a database of a
-# throwaway cluster); the store's own tests run on both engines in every `cargo test`.
+# Every socket suite (each integration test in tests/ starts real daemons) again on
+# PostgreSQL: each daemon on a fresh database of a throwaway cluster the tests start. The
+# contract suite needs the venv of `make contract-tools` (which `make test` builds first). The
+# store's own tests run on both engines in every `cargo test`, so they are not run again here.
 test-postgres:
-	VMWARDEN_TEST_STORE=postgres $(CARGO) test --test sharing --test leaks --test idle_events --test cli
+	VMWARDEN_TEST_STORE=postgres $(CARGO) test --test '*'
 
 fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -274,15 +274,13 @@ fn deleting_a_user_races_a_share() {
                 c2.req("DELETE", &format!("/v1/users/{n2}"), Some("root"), None).await
             });
             let (share, delete) = (share.await.unwrap(), delete.await.unwrap());
-            let conn = rusqlite::Connection::open(d.db()).unwrap();
-            let dangling: i64 = conn
-                .query_row(
-                    "SELECT (SELECT COUNT(*) FROM vm_roles WHERE username NOT IN (SELECT name FROM users))
-                          + (SELECT COUNT(*) FROM drive_owners WHERE username NOT IN (SELECT name FROM users))",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap();
+            let dangling = d.sql(
+                "SELECT (SELECT COUNT(*) FROM vm_roles WHERE username NOT IN (SELECT name FROM users))
+                      + (SELECT COUNT(*) FROM drive_owners WHERE username NOT IN (SELECT name FROM users))",
+                &[],
+            )[0]
+            .int(0)
+            .unwrap();
             assert_eq!(dangling, 0, "round {round}: share {share:?}, delete {delete:?}");
             if delete.status == 200 && delete.body["change"] == "removed" {
                 put("other").await;
@@ -346,15 +344,13 @@ fn team_change_races_a_share() {
                 .await
             });
             let (share, moved) = (share.await.unwrap(), moved.await.unwrap());
-            let conn = rusqlite::Connection::open(d.db()).unwrap();
-            let crossed: i64 = conn
-                .query_row(
-                    "SELECT COUNT(*) FROM vm_roles r JOIN vms v ON v.id = r.vm
-                     JOIN users u ON u.name = r.username WHERE u.team != v.team",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap();
+            let crossed = d.sql(
+                "SELECT COUNT(*) FROM vm_roles r JOIN vms v ON v.id = r.vm
+                 JOIN users u ON u.name = r.username WHERE u.team != v.team",
+                &[],
+            )[0]
+            .int(0)
+            .unwrap();
             assert_eq!(crossed, 0, "round {round}: share {share:?}, move {moved:?}");
             if moved.status == 200 {
                 let r = c
@@ -503,8 +499,11 @@ fn hostile_peers_cannot_lock_anyone_out() {
 #[test]
 fn full_disk_answers_507_and_changes_nothing() {
     mt().block_on(async {
+        // SQLite on both runs: a full disk under the PostgreSQL server is not this daemon's
+        // file, and a tmpfs state directory holds only the SQLite store.
         let d = Daemon::start(Opts {
             tmpfs_state: Some("2m".into()),
+            store_url: Some("sqlite".into()),
             ..Default::default()
         });
         let c = d.client();

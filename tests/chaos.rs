@@ -247,16 +247,11 @@ async fn check(d: &Daemon, c: &Client, m: &std::sync::Mutex<Model>, round: usize
     rows.sort();
     assert_eq!(files, rows, "round {round}");
     // No libvirt secret of ours.
-    let drives: Vec<String> = {
-        let conn = rusqlite::Connection::open(d.db()).unwrap();
-        let mut st = conn.prepare("SELECT id FROM drives").unwrap();
-        let ids = st
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        ids
-    };
+    let drives: Vec<String> = d
+        .sql("SELECT id FROM drives", &[])
+        .iter()
+        .map(|r| r.text(0).unwrap())
+        .collect();
     let refs: Vec<&str> = drives.iter().map(String::as_str).collect();
     assert!(our_secrets(&refs).is_empty(), "round {round}");
     // Every answered mutation is in the audit log.

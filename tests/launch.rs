@@ -112,19 +112,15 @@ fn tampered_wrapped_passphrase_fails_cleanly_without_qemu() {
         let w = setup(Opts::default(), "TAMPER").await;
         let (d, c, drv, vm) = (&w.d, w.c.clone(), w.drive("boot"), w.vm("web"));
         {
-            let conn = rusqlite::Connection::open(d.db()).unwrap();
-            let mut w: Vec<u8> = conn
-                .query_row("SELECT wrapped FROM drives WHERE id = ?1", [&drv], |r| {
-                    r.get(0)
-                })
+            let mut w = d.sql("SELECT wrapped FROM drives WHERE id = ?1", &[(&drv).into()])[0]
+                .bytes(0)
                 .unwrap();
             let last = w.len() - 1;
             w[last] ^= 0x01;
-            conn.execute(
+            d.sql(
                 "UPDATE drives SET wrapped = ?2 WHERE id = ?1",
-                rusqlite::params![drv, w],
-            )
-            .unwrap();
+                &[(&drv).into(), (&w).into()],
+            );
         }
         let r = c.start(&vm, "alice").await;
         assert_eq!((r.status, r.code()), (500, "drive_secret_invalid"), "{r:?}");
@@ -398,14 +394,10 @@ fn failed_hot_attach_gives_the_drive_back() {
         let (d, c, vm) = (&w.d, w.c.clone(), w.vm("web"));
         assert_eq!(c.start(&vm, "alice").await.status, 200);
         let extra = drive(&c, "alice", "genomics", "extra").await;
-        {
-            let conn = rusqlite::Connection::open(d.db()).unwrap();
-            conn.execute(
-                "UPDATE drives SET wrapped = zeroblob(60) WHERE id = ?1",
-                [&extra],
-            )
-            .unwrap();
-        }
+        d.sql(
+            "UPDATE drives SET wrapped = ?2 WHERE id = ?1",
+            &[(&extra).into(), (&[0u8; 60][..]).into()],
+        );
         let r = c
             .req(
                 "PUT",

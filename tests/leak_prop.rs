@@ -172,14 +172,10 @@ async fn apply(w: &World, op: &Op) -> (usize, String, Vec<u8>) {
 }
 
 fn rows(d: &Daemon, sql: &str, arg: &str) -> HashSet<String> {
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    let mut st = conn.prepare(sql).unwrap();
-    let out = st
-        .query_map([arg], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    out
+    d.sql(sql, &[arg.into()])
+        .iter()
+        .map(|r| r.text(0).unwrap())
+        .collect()
 }
 
 /// What `who` may not receive now: (what, needle).
@@ -202,18 +198,14 @@ fn forbidden(w: &World, who: &str) -> Vec<(String, String)> {
         "SELECT vm FROM vm_roles WHERE username = ?1 AND role = 'user'",
         who,
     );
-    let attached: HashMap<String, String> = {
-        let conn = rusqlite::Connection::open(w.d.db()).unwrap();
-        let mut st = conn
-            .prepare("SELECT id, attached_to FROM drives WHERE attached_to IS NOT NULL")
-            .unwrap();
-        let m = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        m
-    };
+    let attached: HashMap<String, String> =
+        w.d.sql(
+            "SELECT id, attached_to FROM drives WHERE attached_to IS NOT NULL",
+            &[],
+        )
+        .iter()
+        .map(|r| (r.text(0).unwrap(), r.text(1).unwrap()))
+        .collect();
     let mut out = vec![];
     for p in [GEN, ZETA] {
         if !member_of.contains(p) {

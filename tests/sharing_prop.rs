@@ -73,25 +73,23 @@ struct World {
 }
 
 fn owned_drives(d: &Daemon, user: &str) -> HashSet<String> {
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    let mut st = conn
-        .prepare("SELECT drive FROM drive_owners WHERE username = ?1")
-        .unwrap();
-    st.query_map([user], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    d.sql(
+        "SELECT drive FROM drive_owners WHERE username = ?1",
+        &[user.into()],
+    )
+    .iter()
+    .map(|r| r.text(0).unwrap())
+    .collect()
 }
 
 fn owners_per_vm(d: &Daemon) -> Vec<i64> {
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    let mut st = conn
-        .prepare("SELECT (SELECT COUNT(*) FROM vm_roles r WHERE r.vm = v.id AND r.role = 'owner') FROM vms v")
-        .unwrap();
-    st.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    d.sql(
+        "SELECT (SELECT COUNT(*) FROM vm_roles r WHERE r.vm = v.id AND r.role = 'owner') FROM vms v",
+        &[],
+    )
+    .iter()
+    .map(|r| r.int(0).unwrap())
+    .collect()
 }
 
 async fn apply(w: &World, op: &Op) -> u16 {
@@ -112,10 +110,7 @@ async fn apply(w: &World, op: &Op) -> u16 {
 }
 
 fn count(d: &Daemon, sql: &str) -> i64 {
-    rusqlite::Connection::open(d.db())
-        .unwrap()
-        .query_row(sql, [], |r| r.get(0))
-        .unwrap()
+    d.sql(sql, &[])[0].int(0).unwrap()
 }
 
 async fn check_invariants(w: &World) {
@@ -199,14 +194,13 @@ async fn check_invariants(w: &World) {
 }
 
 fn roles_of(d: &Daemon, user: &str, role: &str) -> HashSet<String> {
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    let mut st = conn
-        .prepare("SELECT vm FROM vm_roles WHERE username = ?1 AND role = ?2")
-        .unwrap();
-    st.query_map([user, role], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    d.sql(
+        "SELECT vm FROM vm_roles WHERE username = ?1 AND role = ?2",
+        &[user.into(), role.into()],
+    )
+    .iter()
+    .map(|r| r.text(0).unwrap())
+    .collect()
 }
 
 #[test]

@@ -47,9 +47,13 @@ state_dir = "{dir}/state"
 [access]
 admins = ["root"]
 orchestrators = ["root"]
+
+[store]
+url = "{store}"
 "#,
                 sock = own_socket.display(),
-                dir = dir.display()
+                dir = dir.display(),
+                store = store_url(),
             ),
         )
         .unwrap();

@@ -14,6 +14,9 @@ pub struct Daemon {
     pub log: PathBuf,
     /// `sqlite` or the PostgreSQL URL of this daemon's database.
     pub store_url: String,
+    /// The PostgreSQL store beside the daemon, opened once (a pool and a schema check per
+    /// statement would slow the suites that check invariants after every step).
+    pg: std::sync::OnceLock<vmwarden::store::Store>,
     child: Option<Child>,
     quiet: bool,
 }
@@ -139,6 +142,7 @@ url = "{store}"
             config,
             log,
             store_url,
+            pg: std::sync::OnceLock::new(),
             child: None,
             quiet: opts.quiet,
         };
@@ -215,16 +219,15 @@ url = "{store}"
         self.state().join("state.db")
     }
 
-    /// Runs `f` on this daemon's store, opened beside the daemon (on a thread of its own:
-    /// the PostgreSQL client blocks, which an async test's thread may not).
+    /// Runs `f` on this daemon's store, beside the daemon: the SQLite file opened afresh, the
+    /// PostgreSQL database through one pool kept for the daemon's life. On a thread of its
+    /// own: the PostgreSQL client blocks, which an async test's thread may not.
     pub fn with_store<T: Send>(&self, f: impl FnOnce(&vmwarden::store::Store) -> T + Send) -> T {
         std::thread::scope(|sc| {
             sc.spawn(|| {
-                let s = if self.store_url == "sqlite" {
-                    vmwarden::store::Store::open(&self.db()).unwrap()
-                } else {
-                    vmwarden::store::Store::connect(&self.store_url).unwrap()
-                };
+                let s = self
+                    .open_store()
+                    .unwrap_or_else(|e| panic!("cannot open the store {}: {e}", self.store_url));
                 f(&s)
             })
             .join()
@@ -232,10 +235,50 @@ url = "{store}"
         })
     }
 
+    /// The store beside the daemon (call on a thread that may block).
+    fn open_store(&self) -> Result<Opened<'_>, vmwarden::store::StoreError> {
+        if !self.on_postgres() {
+            return vmwarden::store::Store::open(&self.db()).map(Opened::Sqlite);
+        }
+        if self.pg.get().is_none() {
+            let s = vmwarden::store::Store::connect(&self.store_url)?;
+            // Another thread may have set it meanwhile: then this one is dropped.
+            let _ = self.pg.set(s);
+        }
+        Ok(Opened::Postgres(self.pg.get().expect("set above")))
+    }
+
     /// Runs one SQL statement on this daemon's store, whichever engine it uses (`?N`
     /// placeholders; `Value::from` for arguments).
     pub fn sql(&self, sql: &str, args: &[vmwarden::store::Value]) -> Vec<vmwarden::store::Row> {
         self.with_store(|s| s.raw(sql, args).unwrap())
+    }
+
+    /// Every table of this daemon's store, from the engine's catalog.
+    pub fn tables(&self) -> Vec<String> {
+        let sql = if self.on_postgres() {
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
+        } else {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY 1"
+        };
+        self.sql(sql, &[])
+            .iter()
+            .map(|r| r.text(0).unwrap())
+            .collect()
+    }
+
+    /// The columns of `table`, in order, from the engine's catalog.
+    pub fn columns(&self, table: &str) -> Vec<String> {
+        let sql = if self.on_postgres() {
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = ?1 ORDER BY ordinal_position"
+        } else {
+            "SELECT name FROM pragma_table_info(?1) ORDER BY cid"
+        };
+        self.sql(sql, &[table.into()])
+            .iter()
+            .map(|r| r.text(0).unwrap())
+            .collect()
     }
 
     /// Whether this daemon runs on PostgreSQL.
@@ -271,17 +314,10 @@ url = "{store}"
     /// Destroys every domain this daemon's VMs may have left running.
     pub fn destroy_domains(&self) {
         let ids = std::thread::scope(|sc| {
-            sc.spawn(|| {
-                let s = if self.store_url == "sqlite" {
-                    vmwarden::store::Store::open(&self.db()).ok()?
-                } else {
-                    vmwarden::store::Store::connect(&self.store_url).ok()?
-                };
-                s.raw("SELECT id FROM vms", &[]).ok()
-            })
-            .join()
-            .ok()
-            .flatten()
+            sc.spawn(|| self.open_store().ok()?.raw("SELECT id FROM vms", &[]).ok())
+                .join()
+                .ok()
+                .flatten()
         });
         for row in ids.unwrap_or_default() {
             let Ok(id) = row.text(0) else { continue };
@@ -311,9 +347,26 @@ impl Drop for Daemon {
     }
 }
 
+/// A store opened beside a daemon.
+enum Opened<'a> {
+    Sqlite(vmwarden::store::Store),
+    Postgres(&'a vmwarden::store::Store),
+}
+
+impl std::ops::Deref for Opened<'_> {
+    type Target = vmwarden::store::Store;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Opened::Sqlite(s) => s,
+            Opened::Postgres(s) => s,
+        }
+    }
+}
+
 /// The store the daemons under test use: SQLite, or with `VMWARDEN_TEST_STORE=postgres` a
 /// new database of a throwaway PostgreSQL cluster per daemon.
-fn store_url() -> String {
+pub fn store_url() -> String {
     match std::env::var("VMWARDEN_TEST_STORE").as_deref() {
         Ok("postgres") => vmwarden::store::testpg::fresh_database(),
         Ok("sqlite") | Err(_) => "sqlite".into(),

@@ -125,12 +125,8 @@ pub fn image_files(d: &Daemon) -> Vec<String> {
 
 /// Storage ids of every drive row (read straight from the database file).
 pub fn storage_rows(d: &Daemon) -> Vec<String> {
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    let mut st = conn.prepare("SELECT storage FROM drives").unwrap();
-    let rows = st
-        .query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(|r| format!("{}.qcow2", r.unwrap()))
-        .collect();
-    rows
+    d.sql("SELECT storage FROM drives", &[])
+        .iter()
+        .map(|r| format!("{}.qcow2", r.text(0).unwrap()))
+        .collect()
 }

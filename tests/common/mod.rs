@@ -1,6 +1,7 @@
 //! Test harness: a real `vmwardend` process on a real Unix socket, against the host's real
-//! libvirtd (qemu:///system) and a real SQLite file, driven over HTTP with the one client of
-//! the crate. `Fixture` builds a world of users, projects, drives and VMs in one chain.
+//! libvirtd (qemu:///system) and a real store (a SQLite file, or with
+//! `VMWARDEN_TEST_STORE=postgres` a database of a throwaway PostgreSQL cluster), driven over
+//! HTTP with the one client of the crate. `Fixture` builds a world of users, projects, drives and VMs in one chain.
 #![allow(dead_code, unused_imports)]
 
 mod client;
