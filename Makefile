@@ -63,6 +63,7 @@ bench: setup
 	$(CARGO) bench --bench api
 	$(CARGO) bench --bench launch
 	$(CARGO) bench --bench idle
+	$(CARGO) bench --bench fleet
 
 clean:
 	$(CARGO) clean

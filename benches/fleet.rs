@@ -105,7 +105,6 @@ fn main() {
         });
         let a = agent(&url, "h1");
         let body_len = fill(&lite.socket).await;
-        eprintln!("filled SQLite");
         assert_eq!(fill(&a.socket).await, body_len);
         let bare_path = a.dir.join("bare.sock");
         tokio::spawn(bare_server(bare_path.clone(), Bytes::from(vec![b' '; body_len])));
@@ -116,7 +115,6 @@ fn main() {
             s_runs.push(load(&lite.socket, Some("alice")).await);
             p_runs.push(load(&a.socket, Some("alice")).await);
         }
-        eprintln!("stage 1 measured");
         let pick = |runs: Vec<Stats>| runs.into_iter().max_by(|x, y| x.rps().total_cmp(&y.rps())).unwrap();
         let (s, p, b) = (pick(s_runs), pick(p_runs), pick(b_runs));
         println!("1. GET /v1/vms, {VMS} VMs, body {body_len} bytes, {CLIENTS} clients x {PER_CLIENT} requests (best of 2)");
@@ -160,7 +158,6 @@ fn main() {
         println!("  {:<36} {:>10.3} {:>10.3}", "share sent -> event on B's stream", ms(e.p50), ms(e.p99));
         drop((ca, cb));
 
-        eprintln!("stage 2 measured");
         // 3. Writes per second: one agent, then three agents of the same database.
         let one = writes(std::slice::from_ref(&a.socket), "one").await;
         let three = writes(&[a.socket.clone(), bb.socket.clone(), c3.socket.clone()], "three").await;

@@ -98,9 +98,15 @@ impl Handle {
     /// notification has arrived yet. One round trip.
     pub(super) fn sync(&self) -> Result<(), StoreError> {
         let mut client = self.get().map_err(unavailable)?;
+        // The simple protocol: one round trip, where a prepared statement would take two.
         let seen: i64 = client
-            .query_one("SELECT last_value FROM vmwarden_generation", &[])?
-            .get(0);
+            .simple_query("SELECT last_value FROM vmwarden_generation")?
+            .iter()
+            .find_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+                _ => None,
+            })
+            .unwrap_or(0);
         if self.shared.fence.swap(seen, Ordering::AcqRel) != seen {
             self.shared.bump();
         }
