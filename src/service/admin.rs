@@ -113,7 +113,7 @@ impl Service {
             .fleet_inventory()
             .await?
             .into_iter()
-            .filter(|v| v.host.as_deref().is_none_or(|h| h == self.store.host()))
+            .filter(|v| self.store.holds(v.host.as_deref()))
             .collect())
     }
 

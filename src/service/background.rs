@@ -218,10 +218,9 @@ impl Service {
         let domains = self.hv(|h| h.list()).await?;
         let vms = self.db(|s| s.vms()).await?;
         // Domains another host's agent runs are its business (agents may share a libvirtd).
-        let here = self.store.host();
         let running: std::collections::HashSet<VmId> = domains
             .iter()
-            .filter(|d| d.host.as_deref().is_none_or(|h| h == here))
+            .filter(|d| self.store.holds(d.host.as_deref()))
             .filter_map(|d| d.vm)
             .collect();
         self.report_foreign(&domains, &vms);

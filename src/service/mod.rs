@@ -164,7 +164,7 @@ impl Service {
     /// (`vm_running_elsewhere`, naming the host).
     pub(super) fn held_here(&self, vm: &Vm) -> Result<()> {
         match &vm.host {
-            Some(h) if h != self.store.host() && vm.state != VmState::Stopped => {
+            Some(h) if !self.store.holds(Some(h)) && vm.state != VmState::Stopped => {
                 Err(ServiceError::Store(StoreError::Elsewhere(h.clone())))
             }
             _ => Ok(()),
@@ -174,7 +174,7 @@ impl Service {
     /// Whether this agent's host holds `vm` (or nobody does: a stopped VM, or one a
     /// single-host store recorded before fleets existed).
     pub(super) fn is_mine(&self, vm: &Vm) -> bool {
-        vm.host.as_deref().is_none_or(|h| h == self.store.host())
+        self.store.holds(vm.host.as_deref())
     }
 
     /// Store calls made since start.

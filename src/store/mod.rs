@@ -284,6 +284,13 @@ impl Store {
         &self.host
     }
 
+    /// Whether this agent's host holds what names `holder` (a VM, a domain): nobody, or this
+    /// host. With SQLite there is one agent and everything is its own, whatever name the host
+    /// had when it was recorded.
+    pub fn holds(&self, holder: Option<&str>) -> bool {
+        !self.is_shared() || holder.is_none_or(|h| h == self.host)
+    }
+
     /// Whether other agents share this store (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self.engine, Engine::Postgres { .. })

@@ -562,3 +562,50 @@ fn agents_racing_on_one_database_keep_the_owner_limit() {
         assert_eq!(granted.iter().filter(|g| **g).count(), 1, "{granted:?}");
     }
 }
+
+/// A start claims the VM for its host: another agent of the same database is refused, naming
+/// the holder, until the VM is stopped; with SQLite there is one agent, which holds every VM
+/// whatever its host was called when the VM started.
+#[test]
+fn a_started_vm_is_held_by_its_host() {
+    use crate::model::VmState::{Running, Starting, Stopped, Stopping};
+    let url = super::testpg::fresh_database();
+    let a = populate(Store::connect_as(&url, "h1").unwrap());
+    let b = Store::connect_as(&url, "h2").unwrap();
+    let v = VmId::new_random();
+    a.create_vm(&ctx("vm.create"), &vm(v, vec![])).unwrap();
+    assert_eq!(
+        a.transition(v, &[Stopped], Starting, "start").unwrap(),
+        Ok(Stopped)
+    );
+    assert_eq!(b.vm(v).unwrap().unwrap().host.as_deref(), Some("h1"));
+    match b.transition(v, &[Stopped], Starting, "start") {
+        Err(StoreError::Elsewhere(h)) => assert_eq!(h, "h1"),
+        other => panic!("{other:?}"),
+    }
+    a.record_state(&ctx("vm.state"), v, Stopped, "stop", "ok")
+        .unwrap();
+    assert_eq!(b.vm(v).unwrap().unwrap().host, None);
+    assert_eq!(
+        b.transition(v, &[Stopped], Starting, "start").unwrap(),
+        Ok(Stopped)
+    );
+    assert_eq!(b.vm(v).unwrap().unwrap().host.as_deref(), Some("h2"));
+
+    let (dir, s) = setup();
+    let s = s.on_host("old-name");
+    s.create_vm(&ctx("vm.create"), &vm(v, vec![])).unwrap();
+    s.transition(v, &[Stopped], Starting, "start")
+        .unwrap()
+        .unwrap();
+    s.record_state(&ctx("vm.state"), v, Running, "start", "ok")
+        .unwrap();
+    drop(s);
+    let s = Store::open(&dir.path().join("state.db"))
+        .unwrap()
+        .on_host("new-name");
+    assert_eq!(
+        s.transition(v, &[Running], Stopping, "stop").unwrap(),
+        Ok(Running)
+    );
+}

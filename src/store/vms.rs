@@ -365,7 +365,7 @@ impl Store {
             };
             let now = VmState::parse(&row.text(0)?);
             if let Some(holder) = row.opt_text(1)? {
-                if holder != self.host() && now != VmState::Stopped {
+                if !self.holds(Some(&holder)) && now != VmState::Stopped {
                     return Err(StoreError::Elsewhere(holder));
                 }
             }
