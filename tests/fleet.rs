@@ -407,3 +407,51 @@ fn fleet_hosts_on_sqlite_is_this_host_alone() {
         assert_eq!(r.body[0]["version"], env!("CARGO_PKG_VERSION"));
     });
 }
+
+#[test]
+fn a_second_agent_under_a_live_host_name_is_refused() {
+    let f = fleet(1, "");
+    // h1's config, with a state folder and a socket of its own: another agent, same name.
+    let dir = PathBuf::from(format!("/tmp/vmw-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(&f.agents[0].config)
+        .unwrap()
+        .replace(
+            &f.agents[0].dir.display().to_string(),
+            &dir.display().to_string(),
+        );
+    let config = dir.join("config.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut child = std::process::Command::new(bin("vmwardend"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second agent named h1 started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("Host h1 is held by another agent"), "{err}");
+    assert!(!dir.join("s.sock").exists(), "it served: {err}");
+    // The first agent is untouched.
+    rt().block_on(async {
+        users(&f.c(0), &[]).await;
+        let r = f.c(0).get("/v1/fleet/hosts", "root").await;
+        assert_eq!(names(&r), vec!["h1"], "{r:?}");
+        assert_eq!(r.body[0]["state"], "up");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

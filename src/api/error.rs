@@ -131,6 +131,7 @@ fn service_status(e: &ServiceError) -> StatusCode {
             StoreError::Sqlite(_)
             | StoreError::Postgres(_)
             | StoreError::Io(_)
+            | StoreError::HostTaken(_)
             | StoreError::TooNew(..) => S::INTERNAL_SERVER_ERROR,
         },
         ServiceError::Task => S::INTERNAL_SERVER_ERROR,
@@ -354,6 +355,11 @@ mod tests {
             ),
             (
                 svc(ServiceError::Store(StoreError::TooNew(2, 1))),
+                500,
+                "store_error",
+            ),
+            (
+                svc(ServiceError::Store(StoreError::HostTaken("h".into()))),
                 500,
                 "store_error",
             ),

@@ -73,10 +73,11 @@ async fn run(
     // The store blocks (and the PostgreSQL client refuses to run on the reactor's threads).
     let (db_path, pg_url) = (cfg.db_path(), cfg.store.postgres().map(str::to_owned));
     let host = cfg.fleet.host_name();
+    let agent = agent_id(state_dir).context("Cannot read or create the agent id")?;
     let store = Arc::new(
         tokio::task::spawn_blocking(move || match pg_url {
-            Some(url) => store::Store::connect_as(&url, &host),
-            None => store::Store::open(&db_path).map(|s| s.on_host(&host)),
+            Some(url) => store::Store::connect_as(&url, &host).map(|s| s.as_agent(&agent)),
+            None => store::Store::open(&db_path).map(|s| s.on_host(&host).as_agent(&agent)),
         })
         .await?
         .context("Cannot open the store")?,
@@ -215,8 +216,14 @@ async fn run(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = beat.heartbeat(false).await {
-                tracing::warn!(error = %e, "heartbeat not recorded");
+            match beat.heartbeat(false).await {
+                Ok(()) => {}
+                Err(vmwarden::service::ServiceError::Store(
+                    e @ store::StoreError::HostTaken(_),
+                )) => {
+                    tracing::error!(error = %e, "another agent runs under this host name")
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat not recorded"),
             }
         }
     });
@@ -265,4 +272,32 @@ async fn run(
         let _ = std::fs::remove_file(&cfg.daemon.socket);
     }
     Ok(())
+}
+
+/// This agent's id, kept in `state_dir/agent-id` from its first start: a fleet refuses a
+/// second live agent under one host name, and knows this one again after a crash.
+fn agent_id(state_dir: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join("agent-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if uuid::Uuid::parse_str(s.trim()).is_ok() => return Ok(s.trim().to_owned()),
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not an agent id", path.display()),
+            ))
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(id.as_bytes())?;
+    f.sync_all()?;
+    Ok(id)
 }

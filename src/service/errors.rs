@@ -110,6 +110,7 @@ impl ServiceError {
                 StoreError::Sqlite(_)
                 | StoreError::Postgres(_)
                 | StoreError::Io(_)
+                | StoreError::HostTaken(_)
                 | StoreError::TooNew(..) => "store_error",
             },
             ServiceError::Task => "internal",

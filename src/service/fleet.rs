@@ -27,9 +27,10 @@ impl Service {
     /// which hosts are down. A change in that set moves the generation, so cached lists show
     /// `unknown` for the VMs of a host that went down.
     pub async fn heartbeat(&self, starting: bool) -> Result<()> {
+        let dead = self.cfg.fleet.host_dead_after.as_millis() as i64;
         let (now, hosts) = self
             .db(move |s| {
-                s.heartbeat(env!("CARGO_PKG_VERSION"), starting)?;
+                s.heartbeat(env!("CARGO_PKG_VERSION"), starting, dead)?;
                 s.hosts()
             })
             .await?;

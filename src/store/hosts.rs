@@ -19,17 +19,35 @@ pub struct HostRow {
 }
 
 impl Store {
-    /// Registers this agent's host at start-up, or records its heartbeat.
-    pub fn heartbeat(&self, version: &str, starting: bool) -> Result<(), StoreError> {
+    /// Registers this agent's host at start-up (`starting`), or records its heartbeat. A host
+    /// name another agent heartbeats for within `dead_after_ms` is `HostTaken`: two agents
+    /// under one name would each take the other's VMs for their own. The same agent (its id
+    /// lives in its state folder) may take its name back at once after a crash.
+    pub fn heartbeat(
+        &self,
+        version: &str,
+        starting: bool,
+        dead_after_ms: i64,
+    ) -> Result<(), StoreError> {
         let now = self.clock_ms()?;
-        let host = self.host().to_owned();
+        let (host, agent) = (self.host(), self.agent());
         self.quiet_write(|db| {
+            if let Some(r) = db.row(
+                "SELECT agent, last_seen_ms FROM hosts WHERE name = ?1",
+                args![host],
+            )? {
+                let (other, seen) = (r.text(0)?, r.int(1)?);
+                if other != agent && (!starting || now - seen <= dead_after_ms) {
+                    return Err(StoreError::HostTaken(host.to_owned()));
+                }
+            }
             db.exec(
-                "INSERT INTO hosts (name, version, started_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
+                "INSERT INTO hosts (name, version, started_ms, last_seen_ms, agent)
+                 VALUES (?1, ?2, ?3, ?3, ?5)
                  ON CONFLICT (name) DO UPDATE SET version = excluded.version,
-                    last_seen_ms = excluded.last_seen_ms,
+                    last_seen_ms = excluded.last_seen_ms, agent = excluded.agent,
                     started_ms = CASE WHEN ?4 THEN excluded.started_ms ELSE hosts.started_ms END",
-                args![host.as_str(), version, now, starting],
+                args![host, version, now, starting, agent],
             )?;
             Ok(())
         })

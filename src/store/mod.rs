@@ -92,6 +92,9 @@ pub enum StoreError {
     /// The database file's permissions could not be set.
     #[error("Database file: {0}")]
     Io(#[from] std::io::Error),
+    /// Another live agent registered this host name.
+    #[error("Host {0} is held by another agent (its heartbeat is recent); give each agent its own [fleet] host")]
+    HostTaken(String),
     /// The database was written by a newer vmwarden.
     #[error("Database schema version {0} is newer than this vmwarden supports ({1})")]
     TooNew(i64, i64),
@@ -192,6 +195,8 @@ pub struct Store {
     engine: Engine,
     /// This agent's host in the fleet (`[fleet] host`): the VMs it holds are its own.
     host: String,
+    /// This agent's identity (kept in its state folder): two agents may not share a host name.
+    agent: String,
     /// Bumped after every committed change (on PostgreSQL, other agents' too), so readers can
     /// cache what they derived from the store and know exactly when it went stale.
     generation: Arc<AtomicU64>,
@@ -246,6 +251,7 @@ impl Store {
         let store = Self {
             engine: Engine::Sqlite(Mutex::new(conn)),
             host: DEFAULT_HOST.to_owned(),
+            agent: uuid::Uuid::new_v4().to_string(),
             generation: Arc::new(AtomicU64::new(0)),
         };
         store.migrate()?;
@@ -269,6 +275,7 @@ impl Store {
                 writer: Mutex::new(()),
             },
             host: host.to_owned(),
+            agent: uuid::Uuid::new_v4().to_string(),
             generation,
         })
     }
@@ -277,6 +284,17 @@ impl Store {
     pub fn on_host(mut self, host: &str) -> Self {
         self.host = host.to_owned();
         self
+    }
+
+    /// Names this agent (its id, kept in its state folder across restarts).
+    pub fn as_agent(mut self, agent: &str) -> Self {
+        self.agent = agent.to_owned();
+        self
+    }
+
+    /// This agent's id.
+    pub fn agent(&self) -> &str {
+        &self.agent
     }
 
     /// This agent's host.

@@ -297,7 +297,8 @@ CREATE TABLE hosts (
     name TEXT COLLATE "C" PRIMARY KEY,
     version TEXT COLLATE "C" NOT NULL,
     started_ms BIGINT NOT NULL,
-    last_seen_ms BIGINT NOT NULL
+    last_seen_ms BIGINT NOT NULL,
+    agent TEXT COLLATE "C" NOT NULL DEFAULT ''
 );
 ALTER TABLE vms ADD COLUMN host TEXT COLLATE "C";
 ALTER TABLE image_intents ADD COLUMN host TEXT COLLATE "C";

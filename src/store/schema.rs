@@ -212,7 +212,8 @@ CREATE TABLE hosts (
     name TEXT PRIMARY KEY,
     version TEXT NOT NULL,
     started_ms INTEGER NOT NULL,
-    last_seen_ms INTEGER NOT NULL
+    last_seen_ms INTEGER NOT NULL,
+    agent TEXT NOT NULL DEFAULT ''
 );
 ALTER TABLE vms ADD COLUMN host TEXT;
 ALTER TABLE image_intents ADD COLUMN host TEXT;
