@@ -36,7 +36,13 @@ fn check_name(
     } else {
         let mut shown = format!("{value:?}");
         if shown.len() > 80 {
-            shown.truncate(77);
+            // At a character boundary: a name may hold any UTF-8 (the fuzzer found one that
+            // split a character here).
+            let cut = (0..=77)
+                .rev()
+                .find(|i| shown.is_char_boundary(*i))
+                .unwrap_or(0);
+            shown.truncate(cut);
             shown.push_str("...");
         }
         Err(NameError {
@@ -654,6 +660,19 @@ mod tests {
             (p.enabled, p.after),
             (Some(false), Some(Duration::from_secs(1800)))
         );
+    }
+
+    /// Found by the request-parsing fuzzer: a long bad name whose shortened echo would have
+    /// split a multi-byte character.
+    #[test]
+    fn a_long_bad_name_is_shortened_at_a_character_boundary() {
+        let name = format!("{}b\u{14f}ercent", "0".repeat(75));
+        let e = VmName::parse(&name).unwrap_err().to_string();
+        assert!(e.contains("..."), "{e}");
+        for n in 60..90 {
+            let name = format!("{}\u{14f}\u{14f}\u{14f}", "x".repeat(n));
+            assert!(VmName::parse(&name).is_err());
+        }
     }
 
     #[test]
