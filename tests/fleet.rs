@@ -455,3 +455,39 @@ fn a_second_agent_under_a_live_host_name_is_refused() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn starts_racing_through_two_agents_run_the_vm_on_one_host() {
+    rt().block_on(async {
+        let f = fleet(2, "");
+        let (_, _, v) = world(&f, &[0, 1]).await;
+        let (a, b) = (Arc::new(f.c(0)), Arc::new(f.c(1)));
+        for round in 0..4 {
+            let (a2, b2, v1, v2) = (a.clone(), b.clone(), v.clone(), v.clone());
+            let one = tokio::spawn(async move { a2.start(&v1, "alice").await });
+            let two = tokio::spawn(async move { b2.start(&v2, "alice").await });
+            let (one, two) = (one.await.unwrap(), two.await.unwrap());
+            let won: Vec<&Resp> = [&one, &two]
+                .into_iter()
+                .filter(|r| r.status == 200)
+                .collect();
+            assert_eq!(won.len(), 1, "round {round}: {one:?} {two:?}");
+            let lost = if one.status == 200 { &two } else { &one };
+            assert_eq!(
+                lost.code(),
+                "vm_running_elsewhere",
+                "round {round}: {lost:?}"
+            );
+            assert_eq!(
+                virsh(&["list", "--name"])
+                    .lines()
+                    .filter(|l| *l == v)
+                    .count(),
+                1,
+                "round {round}"
+            );
+            let holder = if one.status == 200 { &a } else { &b };
+            assert_eq!(holder.stop(&v, "alice", true).await.status, 200);
+        }
+    });
+}
