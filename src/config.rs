@@ -465,7 +465,7 @@ impl Config {
             ("keys", "unlock_window", self.keys.unlock_window, 10 * s, d),
             ("fleet", "heartbeat", self.fleet.heartbeat, 100 * ms, m),
             ("fleet", "host_dead_after", self.fleet.host_dead_after, s, h),
-            ("keys", "unlock_ttl", self.keys.unlock_ttl, m, 30 * d),
+            ("keys", "unlock_ttl", self.keys.unlock_ttl, 10 * s, 30 * d),
             ("idle", "sample_interval", i.sample_interval, s, 10 * m),
             ("idle", "after", i.after, 2 * s, 30 * d),
             ("idle", "warn_before", i.warn_before, Duration::ZERO, d),

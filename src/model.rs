@@ -177,6 +177,17 @@ name_type!(
     DriveName, "drive", "^[a-z0-9][a-z0-9-]{0,62}$", 63, label_first, label_rest
 );
 
+fn host_first(c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+}
+fn host_rest(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')
+}
+name_type!(
+    /// A fleet host's name (`[fleet] host`).
+    HostName, "host", "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", 63, host_first, host_rest
+);
+
 name_type!(
     /// How a request names a VM or a drive: its id, a unique prefix of its id, or its name,
     /// resolved among the objects the caller may see (DESIGN 1). Every id and name matches

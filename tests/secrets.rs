@@ -98,7 +98,24 @@ fn canary_key_shares_and_passphrases_never_leak() {
         // The passphrase of the drive, as the key holders can compute it.
         let wrapped = d.sql("SELECT wrapped FROM drives WHERE id = ?1", &[(&drv).into()])[0].bytes(0).unwrap();
         let pass = vmwarden::keys::unwrap(&k, &vmwarden::model::ProjectName::parse("genomics").unwrap(), &drv, &wrapped).unwrap();
+        // A fleet agent keeps K sealed to its host key in the store (and nowhere else); a
+        // single host keeps nothing of it, and has no host key (DESIGN 1 holds unchanged).
+        let sealed = d.sql("SELECT kind, host, body FROM envelopes", &[]);
+        let genomics = vmwarden::model::ProjectName::parse("genomics").unwrap();
+        if d.on_postgres() {
+            assert_eq!(sealed.len(), 1, "one envelope of K for the one enrolled host");
+            let body = sealed[0].bytes(2).unwrap();
+            let mine = vmwarden::keys::host::HostKey::load_or_create(&d.state().join("host-key")).unwrap();
+            let opened = mine.open(&genomics, vmwarden::keys::host::Sealed::Key, &body).unwrap();
+            assert_eq!(opened.expose(), k.expose());
+            let stranger = vmwarden::keys::host::HostKey::generate();
+            assert!(stranger.open(&genomics, vmwarden::keys::host::Sealed::Key, &body).is_none());
+        } else {
+            assert!(sealed.is_empty());
+            assert!(!d.state().join("host-key").exists());
+        }
         keep(c.lock("genomics", "alice").await);
+        assert!(d.sql("SELECT kind FROM envelopes", &[]).is_empty(), "a lock deletes every envelope");
 
         let mut secrets: Vec<(&str, Vec<u8>)> = vec![
             ("admin share token", s.admin.clone().into_bytes()),

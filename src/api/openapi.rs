@@ -11,18 +11,18 @@
 
 use super::error::Problem;
 use super::ops::{
-    CreateDriveRequest, CreateProjectRequest, CreateVmRequest, PutUserRequest, ShareRequest,
-    StopRequest, UnlockRequest, UpdateVmRequest, AUDIT_LIMIT_MAX,
+    CreateDriveRequest, CreateProjectRequest, CreateVmRequest, EnrollRequest, PutUserRequest,
+    ShareRequest, StopRequest, UnlockRequest, UpdateVmRequest, AUDIT_LIMIT_MAX,
 };
 use super::routes::CreatedProjectView;
 use crate::config::Config;
 use crate::keys::{Half, LockStatus};
 use crate::model::{
-    IdlePolicy, ObjectRef, ProjectName, Role, UserName, VmState, API_DURATION_PATTERN,
+    HostName, IdlePolicy, ObjectRef, ProjectName, Role, UserName, VmState, API_DURATION_PATTERN,
 };
 use crate::service::{
-    Change, Changed, ConsoleLog, DriveView, EventKind, FleetHost, Health, HostState, HostVm,
-    IdleStatus, Me, Members, ProjectView, UserView, VmView,
+    Change, Changed, ConsoleLog, DriveView, EventKind, FencedHost, FleetHost, Health, HostState,
+    HostVm, IdleStatus, Me, Members, ProjectView, UserView, VmView,
 };
 use crate::store::AuditEntry;
 use serde_json::{json, Map, Value};
@@ -48,6 +48,8 @@ pub enum Kind {
     Limit,
     /// A whole number from 0 (milliseconds since the epoch, a byte offset).
     Natural,
+    /// A fleet host's name.
+    Host,
 }
 
 /// A path or query parameter.
@@ -178,12 +180,17 @@ const DRIVE: Problems = &[
 const HV: Problems = &[(503, "hypervisor_unavailable"), (502, "hypervisor_error")];
 /// An operation on a running VM, which only the agent of the host holding it may do.
 const HELD: Problems = &[(409, "vm_running_elsewhere")];
+/// Key material on a fleet host no admin enrolled.
+const KEYS: Problems = &[(409, "host_not_enrolled")];
+/// Fleet management, which needs a fleet and names a host.
+const FLEET: Problems = &[(409, "not_a_fleet"), (404, "not_found")];
 /// A project named in the path.
 const PROJECT: Problems = &[(404, "project_not_found"), (404, "not_found")];
 
 const NAME: Param = path("name", Kind::User, "The user.");
 const PROJECT_P: Param = path("project", Kind::Project, "The project.");
 const USER_P: Param = path("user", Kind::User, "The user.");
+const HOST_P: Param = path("host", Kind::Host, "The fleet host.");
 const VM_P: Param = path(
     "id",
     Kind::Vm,
@@ -390,6 +397,7 @@ pub const SPECS: &[Spec] = &[
         problems: &[
             CONN,
             PEER,
+            KEYS,
             BODY,
             PATH,
             WRITE,
@@ -428,6 +436,7 @@ pub const SPECS: &[Spec] = &[
         problems: &[
             CONN,
             PEER,
+            KEYS,
             BODY,
             PATH,
             WRITE,
@@ -458,6 +467,7 @@ pub const SPECS: &[Spec] = &[
         problems: &[
             CONN,
             PEER,
+            KEYS,
             BODY,
             WRITE,
             PROJECT,
@@ -656,6 +666,7 @@ pub const SPECS: &[Spec] = &[
         problems: &[
             CONN,
             PEER,
+            KEYS,
             BODY,
             PATH,
             WRITE,
@@ -731,6 +742,7 @@ pub const SPECS: &[Spec] = &[
         problems: &[
             CONN,
             PEER,
+            KEYS,
             BODY,
             PATH,
             WRITE,
@@ -807,6 +819,52 @@ pub const SPECS: &[Spec] = &[
         body: Body::None,
         answers: &[(200, Answer::List("HostVm"))],
         problems: &[CONN, PEER],
+    },
+    Spec {
+        method: "POST",
+        path: "/v1/fleet/hosts/{host}/enroll",
+        id: "enroll_host",
+        summary: "Enroll a fleet host: it receives key material from now on",
+        description: "Admins only. The fingerprint is the one read on the host itself (its \
+                      agent logs it at start); a key with any other fingerprint is refused. \
+                      Idempotent.",
+        params: &[HOST_P],
+        body: Body::Json("EnrollRequest"),
+        answers: &[(200, Answer::Json("FleetHost"))],
+        problems: &[
+            CONN,
+            PEER,
+            BODY,
+            PATH,
+            WRITE,
+            FLEET,
+            &[(409, "fingerprint_mismatch")],
+        ],
+    },
+    Spec {
+        method: "DELETE",
+        path: "/v1/fleet/hosts/{host}/enroll",
+        id: "unenroll_host",
+        summary: "Un-enroll a fleet host: its envelopes are deleted at once",
+        description: "Admins only. Idempotent.",
+        params: &[HOST_P],
+        body: Body::None,
+        answers: &[(200, Answer::Json("FleetHost"))],
+        problems: &[CONN, PEER, PATH, WRITE, FLEET],
+    },
+    Spec {
+        method: "POST",
+        path: "/v1/fleet/hosts/{host}/fence",
+        id: "fence_host",
+        summary: "Fence a host that is down: its VMs may start elsewhere",
+        description: "Admins only, and only for a host that is down: the admin states that it \
+                      is powered off. The VMs it held are recorded stopped. When it comes \
+                      back, its agent destroys the domains of VMs it no longer holds and \
+                      reports them in the audit log (`host.fenced_destroyed`).",
+        params: &[HOST_P],
+        body: Body::Empty,
+        answers: &[(200, Answer::Json("FencedHost"))],
+        problems: &[CONN, PEER, BODY, PATH, WRITE, FLEET, &[(409, "host_up")]],
     },
     Spec {
         method: "POST",
@@ -930,6 +988,7 @@ pub fn declared(method: &str, route: &str, status: u16, code: Option<&str>) -> b
     Members,
     HostVm,
     FleetHost,
+    FencedHost,
     HostState,
     ConsoleLog,
     AuditEntry,
@@ -937,6 +996,7 @@ pub fn declared(method: &str, route: &str, status: u16, code: Option<&str>) -> b
     PutUserRequest,
     CreateProjectRequest,
     UnlockRequest,
+    EnrollRequest,
     CreateDriveRequest,
     CreateVmRequest,
     UpdateVmRequest,
@@ -975,6 +1035,7 @@ fn param_schema(kind: Kind) -> Value {
     match kind {
         Kind::User => to(<UserName as utoipa::PartialSchema>::schema()),
         Kind::Project => to(<ProjectName as utoipa::PartialSchema>::schema()),
+        Kind::Host => to(<HostName as utoipa::PartialSchema>::schema()),
         Kind::Vm | Kind::Drive => to(<ObjectRef as utoipa::PartialSchema>::schema()),
         Kind::Flag => json!({ "type": "boolean" }),
         Kind::Limit => json!({ "type": "integer", "minimum": 1, "maximum": AUDIT_LIMIT_MAX }),

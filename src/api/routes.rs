@@ -540,6 +540,9 @@ async fn run(svc: Arc<Service>, p: Principal, op: Op) -> Result<Reply, ApiError>
         Op::HostVms => ok(&svc.host_vms(p).await?),
         Op::FleetHosts => ok(&svc.fleet_hosts(p).await?),
         Op::FleetVms => ok(&svc.fleet_vms(p).await?),
+        Op::Enroll(h, fingerprint) => ok(&svc.enroll(p, h.to_string(), fingerprint).await?),
+        Op::Unenroll(h) => ok(&svc.unenroll(p, h.to_string()).await?),
+        Op::Fence(h) => ok(&svc.fence(p, h.to_string()).await?),
         Op::HostStop { vm: r, force, wait } => {
             let id = svc.resolve_host_vm(p, &r).await?;
             let (started, host) = svc.host_stop(p, id, force, wait).await?;

@@ -115,8 +115,21 @@ async fn run(
         ),
     }
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let svc = Arc::new(Service::new(cfg.clone(), store, hv.clone()));
+    let mut svc = Service::new(cfg.clone(), store.clone(), hv.clone());
+    if store.is_shared() {
+        // A fleet: this host's identity, which envelopes of project keys are sealed to once
+        // an admin enrolls it. Kept in the state folder from the first start.
+        let path = state_dir.join("host-key");
+        let key = tokio::task::spawn_blocking(move || {
+            vmwarden::keys::host::HostKey::load_or_create(&path)
+        })
+        .await?
+        .context("Cannot read or create the host key")?;
+        svc = svc.with_host_key(key);
+    }
+    let svc = Arc::new(svc);
     svc.follow_fleet_events();
+    svc.follow_fleet_keys();
     // This host joins the fleet (or, with SQLite, records itself) before anything is served.
     svc.heartbeat(true)
         .await
@@ -217,7 +230,13 @@ async fn run(
         loop {
             tick.tick().await;
             match beat.heartbeat(false).await {
-                Ok(()) => {}
+                // A host fenced while its agent ran on (cut off from the others) cleans up
+                // as soon as it hears of it.
+                Ok(()) => {
+                    if let Err(e) = beat.recover_from_fence().await {
+                        tracing::warn!(error = %e, "cannot yet destroy the domains of a fenced host");
+                    }
+                }
                 Err(vmwarden::service::ServiceError::Store(
                     e @ store::StoreError::HostTaken(_),
                 )) => {

@@ -515,6 +515,24 @@ pub enum FleetCmd {
     Hosts,
     /// Every VM of the fleet with the host holding it, without drive details.
     Vms,
+    /// Enroll a host: from now on it receives project keys (sealed to its host key).
+    Enroll {
+        /// The host (`[fleet] host`).
+        host: String,
+        /// Its fingerprint as read on the host itself (its agent logs it at start).
+        fingerprint: String,
+    },
+    /// Un-enroll a host: its envelopes are deleted at once.
+    Unenroll {
+        /// The host.
+        host: String,
+    },
+    /// Fence a host that is down, stating that it is powered off: its VMs may start
+    /// elsewhere.
+    Fence {
+        /// The host.
+        host: String,
+    },
 }
 
 /// `vmwarden host ...`.

@@ -329,9 +329,18 @@ pub fn host_vms(vms: &[Value]) -> Table {
     t
 }
 
-/// `fleet hosts`: HOST, STATE, VERSION, VMS, LAST SEEN, STARTED.
+/// `fleet hosts`: HOST, STATE, VERSION, VMS, LAST SEEN, STARTED, ENROLLED, FINGERPRINT.
 pub fn fleet_hosts(hosts: &[Value], now_ms: i64) -> Table {
-    let mut t = Table::new(&["HOST", "STATE", "VERSION", "VMS", "LAST SEEN", "STARTED"]);
+    let mut t = Table::new(&[
+        "HOST",
+        "STATE",
+        "VERSION",
+        "VMS",
+        "LAST SEEN",
+        "STARTED",
+        "ENROLLED",
+        "FINGERPRINT",
+    ]);
     for h in hosts {
         t.row(vec![
             s(&h["name"]),
@@ -340,6 +349,8 @@ pub fn fleet_hosts(hosts: &[Value], now_ms: i64) -> Table {
             s(&h["vms"]),
             relative(h["last_seen_ms"].as_i64().unwrap_or(0), now_ms),
             relative(h["started_ms"].as_i64().unwrap_or(0), now_ms),
+            if h["enrolled"] == true { "yes" } else { "no" }.to_owned(),
+            h["fingerprint"].as_str().unwrap_or("-").to_owned(),
         ]);
     }
     t

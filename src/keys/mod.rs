@@ -19,6 +19,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use zeroize::{Zeroize, Zeroizing};
 
+pub mod host;
+
 const ADMIN_LABEL: &str = "vmw-admin-";
 const MEMBER_LABEL: &str = "vmw-member-";
 const WRAP_VERSION: u8 = 1;
@@ -434,6 +436,69 @@ pub struct Transition {
     pub outcome: Result<UnlockOutcome, KeyError>,
 }
 
+/// What a transition leaves in the keyring, for sealing it to the fleet's hosts.
+#[derive(Debug)]
+pub enum Sealing<'a> {
+    /// Nothing changes.
+    Keep,
+    /// The project's slot empties (both halves discarded).
+    Clear,
+    /// A half now waits: seal it, with who sent it.
+    Pending {
+        /// Which half.
+        half: Half,
+        /// The half itself.
+        share: &'a Key32,
+        /// Its submitter.
+        from: &'a UserName,
+    },
+    /// K was rebuilt and verified: seal it.
+    Key(&'a Key32),
+}
+
+impl Transition {
+    /// What this transition leaves in the keyring.
+    pub fn sealing(&self) -> Sealing<'_> {
+        match &self.change {
+            None => Sealing::Keep,
+            Some(None) => Sealing::Clear,
+            Some(Some(Slot::Pending {
+                half, share, from, ..
+            })) => Sealing::Pending {
+                half: *half,
+                share,
+                from,
+            },
+            Some(Some(Slot::Unlocked { key, .. })) => Sealing::Key(key),
+        }
+    }
+}
+
+/// A project's key state as its envelopes give it (fleet), opened by this host.
+#[derive(Debug)]
+pub enum Restored {
+    /// No envelope of this host: locked.
+    Locked,
+    /// One half waits.
+    Pending {
+        /// Which half.
+        half: Half,
+        /// The half.
+        share: Key32,
+        /// Who submitted it.
+        from: UserName,
+        /// How long it still waits.
+        left: Duration,
+    },
+    /// K, until the envelope expires.
+    Unlocked {
+        /// K.
+        key: Key32,
+        /// How long it still may be used.
+        left: Duration,
+    },
+}
+
 impl fmt::Debug for Transition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transition")
@@ -639,6 +704,58 @@ impl Keyring {
             }
         }
         outcome
+    }
+
+    /// Replaces a project's slot by what its envelopes say. A staged K' survives when K is
+    /// the same (a re-key in flight on this agent).
+    pub fn restore(&self, project: &ProjectName, r: Restored, now: Instant) {
+        let mut map = self.slots.lock().unwrap();
+        match r {
+            Restored::Locked => {
+                map.remove(project);
+            }
+            Restored::Pending {
+                half,
+                share,
+                from,
+                left,
+            } => {
+                map.insert(
+                    project.clone(),
+                    Slot::Pending {
+                        half,
+                        share,
+                        from,
+                        expires: now + left,
+                    },
+                );
+            }
+            Restored::Unlocked { key, left } => {
+                if let Some(Slot::Unlocked {
+                    key: held, until, ..
+                }) = map.get_mut(project)
+                {
+                    if held.0[..] == key.0[..] {
+                        *until = now + left;
+                        return;
+                    }
+                }
+                map.insert(
+                    project.clone(),
+                    Slot::Unlocked {
+                        key,
+                        next: None,
+                        until: now + left,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets every project's state (zeroizing it): it is opened again from the envelopes
+    /// when next needed.
+    pub fn forget_all(&self) {
+        self.slots.lock().unwrap().clear();
     }
 
     /// Forgets K, a staged K' and any pending half at once. Returns whether anything was

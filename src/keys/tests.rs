@@ -324,3 +324,84 @@ fn regex_lite_match(s: &str) -> bool {
                 .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
     })
 }
+
+mod host_keys {
+    use super::super::host::{fingerprint, seal, HostKey, HostKeyError, Sealed};
+    use super::super::Key32;
+    use crate::model::ProjectName;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn project(s: &str) -> ProjectName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_envelope_opens_with_its_host_key_only() {
+        let (a, b) = (HostKey::generate(), HostKey::generate());
+        let k = Key32::random();
+        let body = seal(a.public(), &project("p"), Sealed::Key, &k).unwrap();
+        let opened = a.open(&project("p"), Sealed::Key, &body).unwrap();
+        assert_eq!(opened.expose(), k.expose());
+        assert!(b.open(&project("p"), Sealed::Key, &body).is_none());
+    }
+
+    #[test]
+    fn an_envelope_moved_to_another_project_or_slot_does_not_open() {
+        let a = HostKey::generate();
+        let k = Key32::random();
+        let body = seal(a.public(), &project("p"), Sealed::AdminHalf, &k).unwrap();
+        assert!(a.open(&project("q"), Sealed::AdminHalf, &body).is_none());
+        assert!(a.open(&project("p"), Sealed::Key, &body).is_none());
+        let mut bad = body.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(a.open(&project("p"), Sealed::AdminHalf, &bad).is_none());
+    }
+
+    #[test]
+    fn the_envelope_does_not_carry_the_secret_in_clear() {
+        let a = HostKey::generate();
+        let k = Key32::random();
+        let body = seal(a.public(), &project("p"), Sealed::Key, &k).unwrap();
+        assert!(!body.windows(32).any(|w| w == k.expose()));
+    }
+
+    #[test]
+    fn the_host_key_file_is_private_and_kept_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host-key");
+        let first = HostKey::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = HostKey::load_or_create(&path).unwrap();
+        assert_eq!(first.public(), again.public());
+        assert!(first.public().as_str().starts_with("age1"));
+        assert_eq!(
+            first.public().fingerprint(),
+            fingerprint(first.public().as_str())
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            HostKey::load_or_create(&path),
+            Err(HostKeyError::Exposed(..))
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(matches!(
+            HostKey::load_or_create(&path),
+            Err(HostKeyError::Malformed(..))
+        ));
+    }
+
+    #[test]
+    fn the_host_key_debug_output_is_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host-key");
+        let k = HostKey::load_or_create(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shown = format!("{k:?}");
+        assert!(shown.contains("[REDACTED]"));
+        assert!(!shown.contains(text.trim()));
+        assert!(!shown.to_lowercase().contains("age-secret-key"));
+    }
+}

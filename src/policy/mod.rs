@@ -103,6 +103,8 @@ pub enum AdminAction {
     HostStop,
     /// GET /metrics.
     Metrics,
+    /// Enroll, un-enroll and fence fleet hosts.
+    ManageFleet,
 }
 
 /// Which share a caller submits.

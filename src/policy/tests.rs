@@ -127,6 +127,11 @@ fn every_action_against_every_relation() {
             ["ok", "403a", "403a", "403a", "403a", "403a", "403u"],
         ),
         (
+            "fleet management",
+            |_, _, _| Action::Admin(AdminAction::ManageFleet),
+            ["ok", "403a", "403a", "403a", "403a", "403a", "403u"],
+        ),
+        (
             "host stop",
             |_, _, _| Action::Admin(AdminAction::HostStop),
             ["ok", "403a", "403a", "403a", "403a", "403a", "403u"],

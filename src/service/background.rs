@@ -215,6 +215,9 @@ impl Service {
     /// is stopped, and a `starting` or `stopping` left by an operation that no longer runs is
     /// settled. Domains vmwarden does not know are reported, never touched.
     pub async fn reconcile(&self) -> Result<()> {
+        // A fenced host first destroys what it runs for VMs released by the fence, or it
+        // would adopt them again here.
+        self.recover_from_fence().await?;
         let domains = self.hv(|h| h.list()).await?;
         let vms = self.db(|s| s.vms()).await?;
         // Domains another host's agent runs are its business (agents may share a libvirtd).

@@ -26,6 +26,8 @@ impl Service {
         }
         let _shared = self.project_lock(&project).read_owned().await;
         let id = DriveId::new_random();
+        let view = self.sync_keys(&project).await?;
+        self.must_be_enrolled(&view)?;
         let passphrase = keys::new_passphrase();
         let (wrapped, next_wrapped) = self
             .keys

@@ -33,6 +33,14 @@ codes! {
         NoTeam = "no_team",
         /// The name belongs to the daemon.
         NameReserved = "name_reserved",
+        /// This host is not enrolled, so it may not receive key material (fleet).
+        HostNotEnrolled = "host_not_enrolled",
+        /// The fingerprint does not match the key the host published (fleet).
+        FingerprintMismatch = "fingerprint_mismatch",
+        /// The host heartbeats: only a host that is down may be fenced (fleet).
+        HostUp = "host_up",
+        /// The operation needs a fleet (`[store] url` on PostgreSQL).
+        NotAFleet = "not_a_fleet",
     }
 }
 

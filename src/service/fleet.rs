@@ -28,12 +28,27 @@ impl Service {
     /// `unknown` for the VMs of a host that went down.
     pub async fn heartbeat(&self, starting: bool) -> Result<()> {
         let dead = self.cfg.fleet.host_dead_after.as_millis() as i64;
-        let (now, hosts) = self
+        let public = self.host_public().map(|k| k.as_str().to_owned());
+        let (now, hosts, rekeyed) = self
             .db(move |s| {
                 s.heartbeat(env!("CARGO_PKG_VERSION"), starting, dead)?;
-                s.hosts()
+                let rekeyed = match (&public, starting) {
+                    (Some(k), true) => s.publish_host_key(k)?,
+                    _ => false,
+                };
+                s.purge_envelopes()?;
+                let (now, hosts) = s.hosts()?;
+                Ok((now, hosts, rekeyed))
             })
             .await?;
+        if rekeyed {
+            tracing::warn!("this host's key differs from the one enrolled; it receives no key material until an admin enrolls it again");
+        }
+        if let Some(k) = self.host_public() {
+            if starting {
+                tracing::info!(fingerprint = %k.fingerprint(), "host key");
+            }
+        }
         self.note_down(&hosts, now);
         Ok(())
     }
@@ -77,26 +92,233 @@ impl Service {
     /// `GET /v1/fleet/hosts` (admins).
     pub async fn fleet_hosts(&self, p: &Principal) -> Result<Vec<FleetHost>> {
         self.check(p, &Action::Admin(AdminAction::HostInventory), "")?;
-        let ((now, hosts), vms) = self.db(|s| Ok((s.hosts()?, s.vms()?))).await?;
+        let ((now, hosts), keys, vms) = self
+            .db(|s| Ok((s.hosts()?, s.host_keys()?, s.vms()?)))
+            .await?;
         self.note_down(&hosts, now);
+        let shared = self.store.is_shared();
         Ok(hosts
             .into_iter()
-            .map(|h| FleetHost {
-                state: if self.is_down(&h, now) {
-                    HostState::Down
-                } else {
-                    HostState::Up
-                },
-                vms: vms
-                    .iter()
-                    .filter(|v| v.host.as_deref() == Some(h.name.as_str()))
-                    .count() as u32,
-                name: h.name,
-                version: h.version,
-                last_seen_ms: h.last_seen_ms,
-                started_ms: h.started_ms,
+            .map(|h| {
+                let k = keys.iter().find(|k| k.name == h.name);
+                FleetHost {
+                    state: if k.is_some_and(|k| k.fenced_ms.is_some()) {
+                        HostState::Fenced
+                    } else if self.is_down(&h, now) {
+                        HostState::Down
+                    } else {
+                        HostState::Up
+                    },
+                    vms: vms
+                        .iter()
+                        .filter(|v| v.host.as_deref() == Some(h.name.as_str()))
+                        .count() as u32,
+                    fingerprint: k
+                        .and_then(|k| k.pubkey.as_deref())
+                        .filter(|_| shared)
+                        .map(crate::keys::host::fingerprint),
+                    enrolled: k.is_some_and(|k| k.enrolled),
+                    name: h.name,
+                    version: h.version,
+                    last_seen_ms: h.last_seen_ms,
+                    started_ms: h.started_ms,
+                }
             })
             .collect())
+    }
+
+    /// The fleet host `name` as `GET /v1/fleet/hosts` shows it.
+    async fn fleet_host(&self, p: &Principal, name: &str) -> Result<FleetHost> {
+        self.fleet_hosts(p)
+            .await?
+            .into_iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| ServiceError::NotFound(format!("Host {name} is not part of the fleet")))
+    }
+
+    fn fleet_only(&self) -> Result<()> {
+        if self.store.is_shared() {
+            return Ok(());
+        }
+        Err(conflict(
+            ConflictCode::NotAFleet,
+            "This agent keeps its state in SQLite: it is the only host, and holds project keys in its own memory only ([store] url names a PostgreSQL database for a fleet)".into(),
+        ))
+    }
+
+    /// `POST /v1/fleet/hosts/{h}/enroll` (admins): from now on the host receives key
+    /// material. The fingerprint is the one the admin read on the host itself, so a key
+    /// written into the store by anyone else is never enrolled.
+    pub async fn enroll(
+        &self,
+        p: &Principal,
+        host: String,
+        fingerprint: String,
+    ) -> Result<FleetHost> {
+        self.check(p, &Action::Admin(AdminAction::ManageFleet), "")?;
+        self.fleet_only()?;
+        let row = self
+            .db(|s| s.host_keys())
+            .await?
+            .into_iter()
+            .find(|h| h.name == host)
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!("Host {host} is not part of the fleet"))
+            })?;
+        let Some(pubkey) = row.pubkey else {
+            return Err(conflict(
+                ConflictCode::FingerprintMismatch,
+                format!("Host {host} has published no key yet; start its agent first"),
+            ));
+        };
+        let actual = crate::keys::host::fingerprint(&pubkey);
+        if actual.as_bytes() != fingerprint.trim().as_bytes() {
+            let (actor, h) = (p.clone(), host.clone());
+            self.db(move |s| {
+                s.audit_outcome(
+                    &audit(&actor, AuditAction::HostEnroll, h, None),
+                    "denied:fingerprint_mismatch",
+                )
+            })
+            .await?;
+            return Err(conflict(
+                ConflictCode::FingerprintMismatch,
+                format!("Host {host} published a key with another fingerprint ({actual}); compare it on the host before enrolling"),
+            ));
+        }
+        let (actor, h) = (p.clone(), host.clone());
+        self.db(move |s| {
+            let mut a = audit(&actor, AuditAction::HostEnroll, h.clone(), None);
+            a.detail = format!("fingerprint={}", crate::keys::host::fingerprint(&pubkey));
+            s.enroll(&a, &h, &pubkey)
+        })
+        .await?;
+        self.fleet_host(p, &host).await
+    }
+
+    /// `DELETE /v1/fleet/hosts/{h}/enroll` (admins): the host's envelopes are deleted at
+    /// once, and it receives no more key material.
+    pub async fn unenroll(&self, p: &Principal, host: String) -> Result<FleetHost> {
+        self.check(p, &Action::Admin(AdminAction::ManageFleet), "")?;
+        self.fleet_only()?;
+        let (actor, h) = (p.clone(), host.clone());
+        self.db(move |s| {
+            s.unenroll(
+                &audit(&actor, AuditAction::HostUnenroll, h.clone(), None),
+                &h,
+            )
+        })
+        .await
+        .map_err(|e| match e {
+            ServiceError::Store(StoreError::Missing(..)) => {
+                ServiceError::NotFound(format!("Host {host} is not part of the fleet"))
+            }
+            e => e,
+        })?;
+        self.fleet_host(p, &host).await
+    }
+
+    /// `POST /v1/fleet/hosts/{h}/fence` (admins): the admin states that the host is powered
+    /// off. Only a host that is down may be fenced; the VMs it held are recorded stopped and
+    /// may start elsewhere. Never done by a timer: two QEMUs writing one image destroy it.
+    pub async fn fence(&self, p: &Principal, host: String) -> Result<FencedHost> {
+        self.check(p, &Action::Admin(AdminAction::ManageFleet), "")?;
+        self.fleet_only()?;
+        let before = self.fleet_host(p, &host).await?;
+        if before.state == HostState::Up {
+            let (actor, h) = (p.clone(), host.clone());
+            self.db(move |s| {
+                s.audit_outcome(
+                    &audit(&actor, AuditAction::HostFence, h, None),
+                    "denied:host_up",
+                )
+            })
+            .await?;
+            return Err(conflict(
+                ConflictCode::HostUp,
+                format!("Host {host} heartbeats; only a host that is down (no heartbeat for [fleet] host_dead_after) and powered off may be fenced"),
+            ));
+        }
+        let (actor, h) = (p.clone(), host.clone());
+        let fenced = self
+            .db(move |s| {
+                let now = s.clock_ms()?;
+                let mut a = audit(&actor, AuditAction::HostFence, h.clone(), None);
+                a.detail = "operator states the host is powered off".into();
+                s.fence(&a, &h, now)
+            })
+            .await?;
+        for id in &fenced.released {
+            tracing::warn!(host = %host, vm = %id, "VM released by fencing; it may start elsewhere");
+        }
+        Ok(FencedHost {
+            host: self.fleet_host(p, &host).await?,
+            released: fenced.released,
+        })
+    }
+
+    /// A fenced host is back: the domains it still runs for VMs it no longer holds are
+    /// destroyed (the VM may run elsewhere since the fence) and reported, each with an audit
+    /// row, before the fence is lifted. Does nothing unless this host was fenced.
+    pub async fn recover_from_fence(&self) -> Result<Vec<VmId>> {
+        if !self.store.is_shared() || !self.db(|s| s.fenced()).await? {
+            return Ok(vec![]);
+        }
+        let domains = self.hv(|h| h.list()).await?;
+        let vms = self.db(|s| s.vms()).await?;
+        let me = self.host().to_owned();
+        let mut destroyed = vec![];
+        for d in domains
+            .iter()
+            .filter(|d| d.host.as_deref() == Some(me.as_str()))
+        {
+            let Some(id) = d.vm else { continue };
+            let held = vms.iter().find(|v| v.id == id).and_then(|v| v.host.clone());
+            if held.as_deref() == Some(me.as_str()) {
+                continue;
+            }
+            match self.hv(move |h| h.destroy(id)).await {
+                Ok(()) | Err(ServiceError::Hypervisor(HypervisorError::NoDomain)) => {}
+                Err(e) => return Err(e),
+            }
+            tracing::warn!(vm = %id, held_by = ?held, "fenced host back: destroyed a domain of a VM it no longer holds");
+            destroyed.push((id, held));
+        }
+        let actor = system();
+        let rows: Vec<(VmId, String)> = destroyed
+            .iter()
+            .map(|(id, held)| {
+                (
+                    *id,
+                    match held {
+                        Some(h) => format!("held_by={h}"),
+                        None => "released".to_owned(),
+                    },
+                )
+            })
+            .collect();
+        self.db(move |s| {
+            let audits: Vec<_> = rows
+                .iter()
+                .map(|(id, detail)| {
+                    let mut a = audit(
+                        &actor,
+                        AuditAction::HostFencedDestroyed,
+                        id.to_string(),
+                        Some(*id),
+                    );
+                    a.detail = detail.clone();
+                    a
+                })
+                .collect();
+            s.unfence(&audits)
+        })
+        .await?;
+        tracing::info!(
+            destroyed = destroyed.len(),
+            "fence lifted: this host acts again"
+        );
+        Ok(destroyed.into_iter().map(|(id, _)| id).collect())
     }
 
     /// `GET /v1/fleet/vms` (admins; no drive details).

@@ -54,6 +54,8 @@ impl Service {
         })?;
         let hot = async {
             if self.hv(move |h| h.is_running(id)).await? {
+                let view = self.sync_keys(&vm.project).await?;
+                self.must_be_enrolled(&view)?;
                 let disks = self.unwrap_disks(&vm, vec![row])?;
                 let disk = disks.into_iter().next().expect("one disk");
                 self.hv(move |h| h.attach_disk(id, &disk)).await?;

@@ -85,13 +85,28 @@ impl Service {
                 format!("VM {id} is already running"),
             ));
         }
-        let mut drives = vec![];
-        for d in vm.drives.clone() {
-            if let Some(row) = self.db(move |s| s.drive(d)).await? {
-                drives.push(row);
+        // Fleet: a re-key another agent promotes between this agent's look at its envelope
+        // and its read of the drives changes both; one more look sees them agree.
+        let mut again = self.is_sealing();
+        loop {
+            let mut drives = vec![];
+            for d in vm.drives.clone() {
+                if let Some(row) = self.db(move |s| s.drive(d)).await? {
+                    drives.push(row);
+                }
+            }
+            if !drives.is_empty() {
+                let view = self.sync_keys(&vm.project).await?;
+                self.must_be_enrolled(&view)?;
+            }
+            match self.unwrap_disks(vm, drives) {
+                Err(ServiceError::SecretCorrupt(_)) if again => {
+                    again = false;
+                    self.sealed_at(&vm.project, None);
+                }
+                r => return r,
             }
         }
-        self.unwrap_disks(vm, drives)
     }
 
     /// Creates the domain; the VM is `starting` meanwhile, and the outcome is recorded with

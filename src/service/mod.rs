@@ -97,6 +97,8 @@ pub struct Service {
     store_calls: AtomicU64,
     /// Fleet hosts without a heartbeat for `host_dead_after`, as of the last heartbeat.
     down_hosts: Mutex<HashSet<String>>,
+    /// This agent's host identity and what it opened (fleet only).
+    sealed: Option<Arc<seal::FleetKeys>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -157,6 +159,7 @@ impl Service {
             idle_shutdowns: AtomicU64::new(0),
             store_calls: AtomicU64::new(0),
             down_hosts: Mutex::new(HashSet::new()),
+            sealed: None,
         }
     }
 
@@ -373,6 +376,14 @@ codes! {
         VmIdleShutdown = "vm.idle_shutdown",
         /// `POST /v1/host/vms/{id}/stop`.
         HostStop = "host.stop",
+        /// `POST /v1/fleet/hosts/{h}/enroll`.
+        HostEnroll = "host.enroll",
+        /// `DELETE /v1/fleet/hosts/{h}/enroll`.
+        HostUnenroll = "host.unenroll",
+        /// `POST /v1/fleet/hosts/{h}/fence`.
+        HostFence = "host.fence",
+        /// A fenced host, back, destroyed a domain of a VM it no longer holds.
+        HostFencedDestroyed = "host.fenced_destroyed",
     }
 }
 
@@ -393,6 +404,7 @@ mod fleet;
 mod hotplug;
 mod lifecycle;
 mod projects;
+mod seal;
 mod sharing;
 mod stop;
 mod unlock;

@@ -88,6 +88,7 @@ impl Service {
     /// Projects the caller may see (admins: all).
     pub async fn projects(&self, p: &Principal) -> Result<Vec<ProjectView>> {
         self.check(p, &Action::Registered, "")?;
+        self.sync_all_keys().await?;
         let now = Instant::now();
         Ok(self
             .db(|s| s.projects())

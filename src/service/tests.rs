@@ -274,7 +274,8 @@ fn codes_render_to_their_stable_strings() {
         render(ConflictCode::ALL.iter().map(|c| c.as_str()).collect()),
         "vm_running vm_stopping no_drive drive_attached project_mismatch user_has_roles \
          project_not_empty member_owns changed_meanwhile ambiguous idle_out_of_bounds \
-         idle_required no_team name_reserved"
+         idle_required no_team name_reserved host_not_enrolled fingerprint_mismatch host_up \
+         not_a_fleet"
     );
     assert_eq!(
         render(EventKind::ALL.iter().map(|c| c.as_str()).collect()),
@@ -289,7 +290,7 @@ fn codes_render_to_their_stable_strings() {
          project.resplit project.resplit_delivered project.resplit_undone drive.create \
          drive.delete drive.attach drive.attach_undone drive.detach vm.create vm.update \
          vm.delete vm.share vm.unshare vm.start vm.stop vm.keepalive vm.state \
-         vm.idle_shutdown host.stop"
+         vm.idle_shutdown host.stop host.enroll host.unenroll host.fence host.fenced_destroyed"
     );
     assert_eq!(
         [StopCause::Request, StopCause::Admin, StopCause::Idle].map(StopCause::as_str),

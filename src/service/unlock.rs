@@ -12,6 +12,33 @@ impl Service {
         share: SecretBytes,
     ) -> Result<LockStatus> {
         let _k = self.key_lock(&project).lock_owned().await;
+        let mut attempt = 1u64;
+        loop {
+            match self.unlock_once(p, &project, &share).await {
+                // Another agent changed the project's envelopes between this agent's look
+                // and its write (fleet): nothing was written; judge again from what is there.
+                Err(ServiceError::Store(StoreError::Changed(_)))
+                    if self.is_sealing() && attempt < 5 =>
+                {
+                    attempt += 1;
+                    self.sealed_at(&project, None);
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        attempt * 4 + u64::from(rand::random::<u8>() % 8),
+                    ))
+                    .await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn unlock_once(
+        &self,
+        p: &Principal,
+        project: &ProjectName,
+        share: &SecretBytes,
+    ) -> Result<LockStatus> {
+        let project = project.clone();
         let f = self.project_facts(p, &project).await?;
         let member = f.member;
         let half = match keys::parse_share(share.expose()) {
@@ -28,6 +55,18 @@ impl Service {
             project_member: member,
         };
         let row = f.gate(self, p, &action)?;
+        let view = self.sync_keys(&project).await?;
+        if let Err(e) = self.must_be_enrolled(&view) {
+            let (actor, pr, code) = (p.clone(), project.clone(), e.code());
+            self.db(move |s| {
+                s.audit_outcome(
+                    &audit(&actor, AuditAction::ProjectUnlock, pr.to_string(), None),
+                    &format!("denied:{code}"),
+                )
+            })
+            .await?;
+            return Err(e);
+        }
         let who = Submitter {
             name: p.name.clone(),
             admin: p.admin,
@@ -45,7 +84,11 @@ impl Service {
             self.cfg.keys.unlock_ttl,
             Instant::now(),
         );
-        drop(share);
+        let plan = match &view {
+            Some(v) => self.seal_plan(&project, v, t.sealing())?,
+            None => None,
+        };
+        let sealed_gen = plan.as_ref().and(view.as_ref()).map(|v| v.state.gen + 1);
         let half_name = if half == ShareHalf::Admin {
             "admin"
         } else {
@@ -69,7 +112,7 @@ impl Service {
                     .db(move |s| {
                         let mut a = audit(&actor, AuditAction::ProjectUnlock, pr.to_string(), None);
                         a.detail = detail;
-                        s.promote_rekey(&a, &pr, &staged)
+                        s.promote_rekey(&a, &pr, &staged, plan.as_ref())
                     })
                     .await?;
                 if !promoted {
@@ -87,7 +130,7 @@ impl Service {
                 self.db(move |s| {
                     let mut a = audit(&actor, AuditAction::ProjectUnlock, pr.to_string(), None);
                     a.detail = detail;
-                    s.undo_rekey(&a, &pr, &staged)
+                    s.undo_rekey(&a, &pr, &staged, plan.as_ref())
                 })
                 .await?;
             }
@@ -99,10 +142,16 @@ impl Service {
                 self.db(move |s| {
                     let mut a = audit(&actor, AuditAction::ProjectUnlock, pr.to_string(), None);
                     a.detail = detail;
-                    s.audit_outcome(&a, &result)
+                    match &plan {
+                        Some(plan) => s.record_seal(&a, &result, plan).map(|_| ()),
+                        None => s.audit_outcome(&a, &result),
+                    }
                 })
                 .await?;
             }
+        }
+        if sealed_gen.is_some() {
+            self.sealed_at(&project, sealed_gen);
         }
         let kind = match self.keys.apply(t).map_err(ServiceError::Share)? {
             UnlockOutcome::Pending => Some(EventKind::ProjectUnlockPending),
@@ -132,14 +181,31 @@ impl Service {
         f.gate(self, p, &action)?;
         let actor = p.clone();
         let pr = project.clone();
-        self.db(move |s| {
-            s.audit_outcome(
-                &audit(&actor, AuditAction::ProjectLock, pr.to_string(), None),
-                "ok",
-            )
-        })
-        .await?;
-        if self.keys.lock(&project) {
+        let sealing = self.is_sealing();
+        // Fleet: every envelope of the project goes in the transaction of the audit row, and
+        // the notification tells every agent to zeroize what it holds.
+        let deleted = self
+            .db(move |s| {
+                let a = audit(&actor, AuditAction::ProjectLock, pr.to_string(), None);
+                if sealing {
+                    s.record_seal(
+                        &a,
+                        "ok",
+                        &crate::store::SealPlan {
+                            project: pr.clone(),
+                            expect: None,
+                            drop: crate::store::Discard::All,
+                            put: vec![],
+                            rekey: false,
+                        },
+                    )
+                } else {
+                    s.audit_outcome(&a, "ok").map(|()| 0)
+                }
+            })
+            .await?;
+        self.sealed_at(&project, None);
+        if self.keys.lock(&project) | (deleted > 0) {
             self.emit_project(
                 EventKind::ProjectLocked,
                 project.clone(),
@@ -163,6 +229,8 @@ impl Service {
         let keylock = self.key_lock(&project).lock_owned().await;
         let excl = self.project_lock(&project).write_owned().await;
         let row = self.project_row(p, &project).await?;
+        let view = self.sync_keys(&project).await?;
+        self.must_be_enrolled(&view)?;
         let now = Instant::now();
         let old = self
             .keys
@@ -180,7 +248,7 @@ impl Service {
                     None,
                 );
                 a.detail = "reason=replaced".into();
-                s.undo_rekey(&a, &pr, &stale)
+                s.undo_rekey(&a, &pr, &stale, None)
             })
             .await?;
             self.keys.unstage(&project);
@@ -223,6 +291,13 @@ impl Service {
             let who = system();
             let is_delivered = delivered.await.is_ok();
             let p2 = pr.clone();
+            // Fleet: the promotion replaces every host's envelope of K by one of K' (with
+            // the same expiry), unless the project locked meanwhile.
+            let plan = if is_delivered && svc.is_sealing() {
+                svc.rekey_plan(&pr).await
+            } else {
+                None
+            };
             let r = svc
                 .db(move |s| {
                     if is_delivered {
@@ -235,6 +310,7 @@ impl Service {
                             ),
                             &p2,
                             &next_verifier,
+                            plan.as_ref(),
                         )
                     } else {
                         let mut a = audit(
@@ -244,12 +320,15 @@ impl Service {
                             None,
                         );
                         a.detail = "reason=undelivered".into();
-                        s.undo_rekey(&a, &p2, &next_verifier)
+                        s.undo_rekey(&a, &p2, &next_verifier, None)
                     }
                 })
                 .await;
             match r {
-                Ok(true) if is_delivered => svc.keys.promote(&pr),
+                Ok(true) if is_delivered => {
+                    svc.keys.promote(&pr);
+                    svc.sealed_at(&pr, None);
+                }
                 Ok(true) => {
                     tracing::warn!(project = %pr, "the shares of a re-key never reached the client; the old pair stays");
                     svc.keys.unstage(&pr);

@@ -242,6 +242,21 @@ pub struct FleetHost {
     pub started_ms: i64,
     /// VMs it holds.
     pub vms: u32,
+    /// The fingerprint of the host key its agent published (what an admin compares before
+    /// enrolling it); absent with SQLite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Whether an admin enrolled it: only enrolled hosts receive key material.
+    pub enrolled: bool,
+}
+
+/// `POST /v1/fleet/hosts/{h}/fence`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FencedHost {
+    /// The host, now fenced.
+    pub host: FleetHost,
+    /// The VMs it held, now stopped and free to start on another host.
+    pub released: Vec<VmId>,
 }
 
 /// Whether a host's agent is alive.
@@ -252,6 +267,8 @@ pub enum HostState {
     Up,
     /// No heartbeat for `host_dead_after`.
     Down,
+    /// An admin fenced it (stated it is powered off); its VMs were released.
+    Fenced,
 }
 
 /// `GET /v1/vms/{id}/members`.

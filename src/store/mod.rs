@@ -17,6 +17,7 @@ mod hosts;
 mod pg;
 mod projects;
 mod schema;
+mod seals;
 mod sql;
 mod users;
 mod vms;
@@ -25,6 +26,7 @@ pub use audit::{AuditCtx, AuditEntry, AuditFilter, AUDIT_MESSAGE_ID};
 pub use drives::DriveRow;
 pub use hosts::HostRow;
 pub use projects::{MemberHoldings, MemberRemoval, ProjectRow};
+pub use seals::{Discard, Envelope, Fenced, HostKeyRow, SealPlan, SealState};
 #[doc(hidden)]
 pub use sql::{Row, Value};
 pub use vms::RoleFacts;
@@ -334,6 +336,13 @@ impl Store {
     pub fn on_event(&self, sink: impl Fn(&str) + Send + Sync + 'static) {
         if let Engine::Postgres { pool, .. } = &self.engine {
             pool.on_event(Box::new(sink));
+        }
+    }
+
+    /// Where the names of projects whose envelopes another agent changed go.
+    pub fn on_keys(&self, sink: impl Fn(&str) + Send + Sync + 'static) {
+        if let Engine::Postgres { pool, .. } = &self.engine {
+            pool.on_keys(Box::new(sink));
         }
     }
 

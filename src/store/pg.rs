@@ -33,6 +33,9 @@ pub(super) struct Shared {
     fence: AtomicI64,
     /// Where events of other agents go (`Store::on_event`).
     on_event: Mutex<Option<EventSink>>,
+    /// Where the names of projects whose envelopes another agent changed go (`""`: any
+    /// project, after a reconnection lost notifications).
+    on_keys: Mutex<Option<EventSink>>,
     stop: AtomicBool,
 }
 
@@ -93,6 +96,11 @@ impl Handle {
         *self.shared.on_event.lock().unwrap() = Some(sink);
     }
 
+    /// Sets where the projects whose envelopes other agents changed go.
+    pub(super) fn on_keys(&self, sink: EventSink) {
+        *self.shared.on_keys.lock().unwrap() = Some(sink);
+    }
+
     /// Catches up with commits of other agents: when the sequence every commit advances has
     /// moved since this agent last looked, its caches are stale, whether or not the
     /// notification has arrived yet. One round trip.
@@ -133,7 +141,10 @@ fn listen(cfg: postgres::Config, shared: Arc<Shared>) {
             continue;
         };
         if client
-            .batch_execute(&format!("LISTEN {CHANGED}; LISTEN {EVENTS}"))
+            .batch_execute(&format!(
+                "LISTEN {CHANGED}; LISTEN {EVENTS}; LISTEN {}",
+                super::seals::KEYS_CHANNEL
+            ))
             .is_err()
         {
             continue;
@@ -143,6 +154,11 @@ fn listen(cfg: postgres::Config, shared: Arc<Shared>) {
         }
         backoff = Duration::from_millis(100);
         shared.bump();
+        // A lock sent while this listener was away is lost: every key held is dropped and
+        // opened again from its envelope when next needed.
+        if let Some(sink) = &*shared.on_keys.lock().unwrap() {
+            sink("");
+        }
         let mut idle = std::time::Instant::now();
         while !shared.stop.load(Ordering::Acquire) {
             let next = {
@@ -173,6 +189,11 @@ fn deliver(shared: &Shared, channel: &str, payload: &str) {
         CHANGED => shared.bump(),
         EVENTS => {
             if let Some(sink) = &*shared.on_event.lock().unwrap() {
+                sink(body);
+            }
+        }
+        super::seals::KEYS_CHANNEL => {
+            if let Some(sink) = &*shared.on_keys.lock().unwrap() {
                 sink(body);
             }
         }
@@ -305,6 +326,22 @@ ALTER TABLE image_intents ADD COLUMN host TEXT COLLATE "C";
 ALTER TABLE projects ADD COLUMN host TEXT COLLATE "C";
 CREATE SEQUENCE vmwarden_generation;
 "#,
+    // 5: host keys, enrollment, fencing and envelopes (see SQLite's 5).
+    r#"
+ALTER TABLE hosts ADD COLUMN pubkey TEXT COLLATE "C";
+ALTER TABLE hosts ADD COLUMN enrolled BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE hosts ADD COLUMN fenced_ms BIGINT;
+ALTER TABLE projects ADD COLUMN seal_gen BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE envelopes (
+    project TEXT COLLATE "C" NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    kind TEXT COLLATE "C" NOT NULL CHECK (kind IN ('admin', 'member', 'key')),
+    host TEXT COLLATE "C" NOT NULL REFERENCES hosts(name) ON DELETE CASCADE,
+    from_user TEXT COLLATE "C" NOT NULL DEFAULT '',
+    expires_ms BIGINT NOT NULL,
+    body BYTEA NOT NULL,
+    PRIMARY KEY (project, kind, host)
+);
+"#,
 ];
 
 /// The version this build creates and reads.
@@ -335,6 +372,7 @@ pub(super) fn connect(
         generation,
         fence: AtomicI64::new(0),
         on_event: Mutex::new(None),
+        on_keys: Mutex::new(None),
         stop: AtomicBool::new(false),
     });
     let (tx, rx) = mpsc::sync_channel(1024);

@@ -6,6 +6,7 @@
 //! the client the service promotes it; if it never was, the service undoes it. A pending
 //! re-key that outlives the daemon keeps both pairs working until one of them unlocks.
 
+use super::seals::SealPlan;
 use super::sql::{args, Db, Row};
 use super::users::load_user;
 use super::{AuditCtx, Change, Refusal, Store, StoreError};
@@ -447,6 +448,7 @@ impl Store {
         a: &AuditCtx<'_>,
         project: &ProjectName,
         next_verifier: &[u8],
+        seal: Option<&SealPlan>,
     ) -> Result<bool, StoreError> {
         self.mutate_opt(a, |tx| {
             let staged: Option<Vec<u8>> = tx
@@ -477,6 +479,9 @@ impl Store {
                 "UPDATE projects SET verifier = next_verifier, next_verifier = NULL WHERE name = ?1",
                 args![project.as_str()],
             )?;
+            if let Some(plan) = seal {
+                self.apply_seal(tx, plan)?;
+            }
             Ok(Some(true))
         })
         .map(|o| o.is_some())
@@ -489,6 +494,7 @@ impl Store {
         a: &AuditCtx<'_>,
         project: &ProjectName,
         next_verifier: &[u8],
+        seal: Option<&SealPlan>,
     ) -> Result<bool, StoreError> {
         self.mutate_opt(a, |tx| {
             let n = tx.exec(
@@ -502,6 +508,9 @@ impl Store {
                 "UPDATE drives SET next_wrapped = NULL WHERE project = ?1",
                 args![project.as_str()],
             )?;
+            if let Some(plan) = seal {
+                self.apply_seal(tx, plan)?;
+            }
             Ok(Some(true))
         })
         .map(|o| o.is_some())

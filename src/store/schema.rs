@@ -219,4 +219,23 @@ ALTER TABLE vms ADD COLUMN host TEXT;
 ALTER TABLE image_intents ADD COLUMN host TEXT;
 ALTER TABLE projects ADD COLUMN host TEXT;
 "#,
+    // 5: fleet unlock (DESIGN section 7). Each host's public key (age X25519), whether an
+    // admin enrolled it, and when it was fenced; the envelopes of pending halves and rebuilt
+    // keys, one per enrolled host; and a counter every change of a project's envelopes moves,
+    // so agents judging an unlock at once cannot both win. SQLite never fills these tables.
+    r#"
+ALTER TABLE hosts ADD COLUMN pubkey TEXT;
+ALTER TABLE hosts ADD COLUMN enrolled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN fenced_ms INTEGER;
+ALTER TABLE projects ADD COLUMN seal_gen INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE envelopes (
+    project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('admin', 'member', 'key')),
+    host TEXT NOT NULL REFERENCES hosts(name) ON DELETE CASCADE,
+    from_user TEXT NOT NULL DEFAULT '',
+    expires_ms INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (project, kind, host)
+);
+"#,
 ];

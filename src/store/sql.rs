@@ -128,6 +128,15 @@ impl Row {
         }
     }
 
+    /// Column `i` as an integer or NULL.
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        match self.at(i)? {
+            Value::Null => Ok(None),
+            Value::Int(v) => Ok(Some(*v)),
+            _ => Err(unreadable(i, "an integer")),
+        }
+    }
+
     /// Column `i` as a 32-bit count.
     pub fn u32(&self, i: usize) -> Result<u32, StoreError> {
         u32::try_from(self.int(i)?).map_err(|_| unreadable(i, "a 32-bit count"))

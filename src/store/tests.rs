@@ -431,8 +431,8 @@ fn staged_rekey_promotes_or_undoes_whole() {
             Some(b"new"),
         )
         .unwrap();
-        assert!(!s.promote_rekey(&ctx("r"), &p(), b"other").unwrap());
-        assert!(s.promote_rekey(&ctx("r"), &p(), b"v2").unwrap());
+        assert!(!s.promote_rekey(&ctx("r"), &p(), b"other", None).unwrap());
+        assert!(s.promote_rekey(&ctx("r"), &p(), b"v2", None).unwrap());
         let row = s.project(&p()).unwrap().unwrap();
         assert_eq!(
             (row.verifier.as_slice(), row.next_verifier),
@@ -446,8 +446,8 @@ fn staged_rekey_promotes_or_undoes_whole() {
             &[(d1, b"x".to_vec()), (d2, b"x".to_vec())],
         )
         .unwrap();
-        assert!(s.undo_rekey(&ctx("r"), &p(), b"v3").unwrap());
-        assert!(!s.undo_rekey(&ctx("r"), &p(), b"v3").unwrap());
+        assert!(s.undo_rekey(&ctx("r"), &p(), b"v3", None).unwrap());
+        assert!(!s.undo_rekey(&ctx("r"), &p(), b"v3", None).unwrap());
         let row = s.drive(d1).unwrap().unwrap();
         assert_eq!(
             (row.wrapped.as_slice(), row.next_wrapped),

@@ -19,6 +19,8 @@ pub struct Daemon {
     pg: std::sync::OnceLock<vmwarden::store::Store>,
     child: Option<Child>,
     quiet: bool,
+    /// Enroll the host once up (PostgreSQL).
+    pub enroll: bool,
 }
 
 /// Extra config lines per section, appended to the test config.
@@ -40,6 +42,9 @@ pub struct Opts {
     pub storage: String,
     /// This store instead of the one `VMWARDEN_TEST_STORE` picks (agents of one fleet).
     pub store_url: Option<String>,
+    /// On PostgreSQL, leave the host un-enrolled (by default the harness enrolls it once up,
+    /// as an admin would after comparing its fingerprint).
+    pub unenrolled: bool,
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -145,6 +150,7 @@ url = "{store}"
             pg: std::sync::OnceLock::new(),
             child: None,
             quiet: opts.quiet,
+            enroll: !opts.unenrolled,
         };
         d.spawn();
         d
@@ -177,6 +183,9 @@ url = "{store}"
                 let peer =
                     nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials);
                 if peer.is_ok_and(|c| c.pid() == pid) {
+                    if self.enroll && self.store_url.starts_with("postgres") {
+                        self.enroll_self();
+                    }
                     return;
                 }
             }
@@ -186,6 +195,44 @@ url = "{store}"
             "daemon did not come up: {}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
+    }
+
+    /// The fingerprint of this agent's host key, read on the host (its state folder).
+    pub fn fingerprint(&self) -> String {
+        vmwarden::keys::host::HostKey::load_or_create(&self.state().join("host-key"))
+            .unwrap()
+            .public()
+            .fingerprint()
+    }
+
+    /// Enrolls this agent's host through its own socket (a no-op once enrolled).
+    pub fn enroll_self(&self) {
+        let fp = self.fingerprint();
+        let (status, hosts) = super::raw_roundtrip(
+            &self.socket,
+            &super::raw_request("GET", "/v1/fleet/hosts", Some("root"), None),
+        );
+        assert_eq!(status, 200, "{hosts}");
+        let me = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["fingerprint"] == fp.as_str())
+            .unwrap_or_else(|| panic!("no host published {fp}: {hosts}"));
+        if me["enrolled"] == true {
+            return;
+        }
+        let name = me["name"].as_str().unwrap();
+        let (status, body) = super::raw_roundtrip(
+            &self.socket,
+            &super::raw_request(
+                "POST",
+                &format!("/v1/fleet/hosts/{name}/enroll"),
+                Some("root"),
+                Some(&serde_json::json!({ "fingerprint": fp })),
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
     }
 
     pub fn pid(&self) -> u32 {

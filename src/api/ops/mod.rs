@@ -4,7 +4,8 @@
 
 use super::error::ApiError;
 use crate::model::{
-    DriveName, IdlePolicy, ObjectRef, ProjectName, Role, SecretBytes, TeamName, UserName, VmName,
+    DriveName, HostName, IdlePolicy, ObjectRef, ProjectName, Role, SecretBytes, TeamName, UserName,
+    VmName,
 };
 use crate::service::{AuditFilter, MemberExit, NewVm, VmPatch};
 use hyper::Method;
@@ -48,6 +49,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/host/vms"),
     ("GET", "/v1/fleet/hosts"),
     ("GET", "/v1/fleet/vms"),
+    ("POST", "/v1/fleet/hosts/{host}/enroll"),
+    ("DELETE", "/v1/fleet/hosts/{host}/enroll"),
+    ("POST", "/v1/fleet/hosts/{host}/fence"),
     ("POST", "/v1/host/vms/{id}/stop"),
     ("GET", "/v1/events"),
     ("GET", "/v1/audit"),
@@ -194,6 +198,12 @@ pub enum Op {
     FleetHosts,
     /// `GET /v1/fleet/vms`.
     FleetVms,
+    /// `POST /v1/fleet/hosts/{host}/enroll`.
+    Enroll(HostName, String),
+    /// `DELETE /v1/fleet/hosts/{host}/enroll`.
+    Unenroll(HostName),
+    /// `POST /v1/fleet/hosts/{host}/fence`.
+    Fence(HostName),
     /// `POST /v1/host/vms/{id}/stop`.
     HostStop {
         /// The VM.
@@ -309,6 +319,16 @@ pub struct CreateProjectRequest {
     /// Registered users who become members.
     #[serde(default)]
     members: Vec<UserName>,
+}
+
+/// `POST /v1/fleet/hosts/{host}/enroll`: the fingerprint of the host key, as read on the
+/// host itself (its agent logs it at start; `vmwarden fleet hosts` shows the published one).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// `SHA256:` and 43 base64 characters.
+    #[schema(pattern = "^SHA256:[A-Za-z0-9+/]{43}$")]
+    pub fingerprint: String,
 }
 
 /// `POST /v1/projects/{project}/unlock`: one half of the project key. The share goes
@@ -691,6 +711,17 @@ pub fn parse(
         ("GET", "/v1/host/vms") => Op::HostVms,
         ("GET", "/v1/fleet/hosts") => Op::FleetHosts,
         ("GET", "/v1/fleet/vms") => Op::FleetVms,
+        ("POST", "/v1/fleet/hosts/{host}/enroll") => {
+            let host = param(p(0), "host name")?;
+            let b: EnrollRequest = json(&body)?;
+            Op::Enroll(host, b.fingerprint)
+        }
+        ("DELETE", "/v1/fleet/hosts/{host}/enroll") => Op::Unenroll(param(p(0), "host name")?),
+        ("POST", "/v1/fleet/hosts/{host}/fence") => {
+            let host = param(p(0), "host name")?;
+            let _: Empty = json(&body)?;
+            Op::Fence(host)
+        }
         ("POST", "/v1/host/vms/{id}/stop") => {
             let vm = param(p(0), "VM")?;
             let b: StopRequest = json(&body)?;

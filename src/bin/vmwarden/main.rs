@@ -390,6 +390,49 @@ async fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             let v = ctx.get("/v1/fleet/vms").await?;
             ctx.show_list(&v, "id", |r| render::fleet_vms(r).render());
         }
+        Cmd::Fleet(FleetCmd::Enroll { host, fingerprint }) => {
+            let v = ctx
+                .call(
+                    Method::POST,
+                    &format!("/v1/fleet/hosts/{host}/enroll"),
+                    body(json!({ "fingerprint": fingerprint })),
+                )
+                .await?;
+            ctx.show(&v, |v| {
+                format!(
+                    "Host {host} is enrolled ({}); it receives project keys from the next unlock on.\n",
+                    v["fingerprint"].as_str().unwrap_or("")
+                )
+            });
+        }
+        Cmd::Fleet(FleetCmd::Unenroll { host }) => {
+            let v = ctx
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/fleet/hosts/{host}/enroll"),
+                    None,
+                )
+                .await?;
+            ctx.show(&v, |_| {
+                format!("Host {host} is not enrolled; it holds no envelope any more.\n")
+            });
+        }
+        Cmd::Fleet(FleetCmd::Fence { host }) => {
+            ctx.confirm(&format!(
+                "fence host {host}: you state that it is powered off, and its VMs may start elsewhere"
+            ))?;
+            let v = ctx
+                .call(
+                    Method::POST,
+                    &format!("/v1/fleet/hosts/{host}/fence"),
+                    body(json!({})),
+                )
+                .await?;
+            ctx.show(&v, |v| {
+                let n = v["released"].as_array().map_or(0, |a| a.len());
+                format!("Host {host} is fenced; {n} VMs it held may start on another host.\n")
+            });
+        }
         Cmd::Audit {
             vm,
             user,
