@@ -82,6 +82,22 @@ fn envelopes(d: &Daemon) -> Vec<(String, String, Vec<u8>)> {
     .collect()
 }
 
+/// `vmwarden args` (as root) against one agent's socket; its standard output.
+fn cli(d: &Daemon, args: &[&str]) -> String {
+    let o = std::process::Command::new(bin("vmwarden"))
+        .env("VMWARDEN_SOCKET", &d.socket)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn host_key(d: &Daemon) -> HostKey {
     HostKey::load_or_create(&d.state().join("host-key")).unwrap()
 }
@@ -298,12 +314,22 @@ fn a_host_no_admin_enrolled_never_receives_key_material() {
         assert_eq!(r.status, 200, "{r:?}");
         let r = b.stop(&v, "alice", true).await;
         assert_eq!(r.status, 200, "{r:?}");
-        // Un-enrolled: its envelopes are gone at once, and it refuses again.
-        let r = a
-            .req("DELETE", "/v1/fleet/hosts/h2/enroll", Some("root"), None)
-            .await;
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.body["enrolled"], false);
+        // What an operator sees, then un-enrolls with: its envelopes are gone at once, and it
+        // refuses again.
+        let hosts = cli(&f.agents[0], &["fleet", "hosts"]);
+        assert!(hosts.contains("ENROLLED") && hosts.contains(&fp), "{hosts}");
+        let out = cli(&f.agents[0], &["fleet", "unenroll", "h2"]);
+        assert!(out.contains("Host h2 is not enrolled"), "{out}");
+        let r = a.get("/v1/fleet/hosts", "root").await;
+        let h2 = r
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "h2")
+            .unwrap()
+            .clone();
+        assert_eq!(h2["enrolled"], false, "{r:?}");
         assert!(envelopes(&f.agents[0]).iter().all(|(_, h, _)| h == "h1"));
         let r = b.start(&v, "alice").await;
         assert_eq!((r.status, r.code()), (409, "host_not_enrolled"), "{r:?}");

@@ -29,13 +29,14 @@ impl Service {
         let view = self.sync_keys(&project).await?;
         self.must_be_enrolled(&view)?;
         let passphrase = keys::new_passphrase();
-        let (wrapped, next_wrapped) = self
+        let (wrapped, next_wrapped, key_verifier) = self
             .keys
             .with_keys(&project, Instant::now(), |k, next| {
                 let d = id.to_string();
                 (
                     keys::wrap(k, &project, &d, &passphrase),
                     next.map(|n| keys::wrap(n, &project, &d, &passphrase)),
+                    keys::verifier(k, &project),
                 )
             })
             .map_err(|e| ServiceError::Locked(e.to_string()))?;
@@ -72,6 +73,7 @@ impl Service {
                     &d2,
                     &wrapped,
                     next_wrapped.as_deref(),
+                    &key_verifier,
                 )
             })
             .await;

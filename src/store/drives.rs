@@ -112,16 +112,20 @@ impl Store {
         d: &Drive,
         wrapped: &[u8],
         next_wrapped: Option<&[u8]>,
+        key_verifier: &[u8],
     ) -> Result<(), StoreError> {
         self.mutate(a, |tx| {
-            let staged = tx
+            let row = tx
                 .row(
-                    "SELECT next_verifier IS NOT NULL FROM projects WHERE name = ?1",
+                    "SELECT next_verifier IS NOT NULL, verifier FROM projects WHERE name = ?1",
                     args![d.project.as_str()],
                 )?
-                .ok_or_else(|| StoreError::Missing("Project", d.project.to_string()))?
-                .bool(0)?;
-            if staged != next_wrapped.is_some() {
+                .ok_or_else(|| StoreError::Missing("Project", d.project.to_string()))?;
+            let staged = row.bool(0)?;
+            // `wrapped` must be under the project's key as it is now: a re-key promoted
+            // through another agent of a fleet since this one read its key would leave the
+            // drive under a key nobody can rebuild.
+            if staged != next_wrapped.is_some() || row.bytes(1)? != key_verifier {
                 return Err(StoreError::Changed(format!(
                     "The key of project {} changed meanwhile",
                     d.project

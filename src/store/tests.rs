@@ -218,7 +218,7 @@ fn failed_mutation_leaves_no_audit_row() {
 fn rule7_owners_follow_drives_and_detach_keeps_it_for_the_detacher() {
     for (_d, s) in setups() {
         let (d1, vid) = (DriveId::new_random(), VmId::new_random());
-        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None, b"v")
             .unwrap();
         s.create_vm(&ctx("vm.create"), &vm(vid, vec![d1])).unwrap();
         assert_eq!(s.vm(vid).unwrap().unwrap().drives, vec![d1]);
@@ -249,7 +249,7 @@ fn rule7_owners_follow_drives_and_detach_keeps_it_for_the_detacher() {
 fn a_drive_attaches_to_one_vm_only() {
     for (_d, s) in setups() {
         let d1 = DriveId::new_random();
-        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None, b"v")
             .unwrap();
         let (v1, v2) = (VmId::new_random(), VmId::new_random());
         s.create_vm(&ctx("vm.create"), &vm(v1, vec![d1])).unwrap();
@@ -326,16 +326,16 @@ fn names_are_unique_only_among_what_the_creator_sees() {
         );
         let mut a = drive(d1, "alice");
         a.name = DriveName::parse("data").unwrap();
-        s.create_drive(&ctx("drive.create"), &a, b"w", None)
+        s.create_drive(&ctx("drive.create"), &a, b"w", None, b"v")
             .unwrap();
         let mut b = drive(d2, "bob");
         b.name = a.name.clone();
-        s.create_drive(&ctx("drive.create"), &b, b"w", None)
+        s.create_drive(&ctx("drive.create"), &b, b"w", None, b"v")
             .unwrap();
         let mut again = drive(d3, "alice");
         again.name = a.name.clone();
         assert!(matches!(
-            s.create_drive(&ctx("drive.create"), &again, b"w", None),
+            s.create_drive(&ctx("drive.create"), &again, b"w", None, b"v"),
             Err(StoreError::Exists(_))
         ));
         let v1 = VmId::new_random();
@@ -358,7 +358,7 @@ fn removing_a_member_drops_roles_and_hands_over_ownership() {
         s.add_member(&ctx("project.member_add"), &p(), &n("carol"))
             .unwrap();
         let (d1, v) = (DriveId::new_random(), VmId::new_random());
-        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None)
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None, b"v")
             .unwrap();
         s.create_vm(&ctx("vm.create"), &vm(v, vec![d1])).unwrap();
         s.set_role(&ctx("vm.share"), v, &n("bob"), Some(Role::User))
@@ -411,8 +411,14 @@ fn removing_a_member_drops_roles_and_hands_over_ownership() {
 fn staged_rekey_promotes_or_undoes_whole() {
     for (_d, s) in setups() {
         let d1 = DriveId::new_random();
-        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"old", None)
-            .unwrap();
+        s.create_drive(
+            &ctx("drive.create"),
+            &drive(d1, "alice"),
+            b"old",
+            None,
+            b"v",
+        )
+        .unwrap();
         assert!(matches!(
             s.stage_rekey(&ctx("r"), &p(), b"v2", &[]),
             Err(StoreError::Changed(_))
@@ -422,13 +428,31 @@ fn staged_rekey_promotes_or_undoes_whole() {
         // A drive created while staged must carry both wrappings.
         let d2 = DriveId::new_random();
         assert!(s
-            .create_drive(&ctx("drive.create"), &drive(d2, "alice"), b"old", None)
+            .create_drive(
+                &ctx("drive.create"),
+                &drive(d2, "alice"),
+                b"old",
+                None,
+                b"v"
+            )
             .is_err());
+        // A drive wrapped under a key that is no longer the project's is refused.
+        assert!(matches!(
+            s.create_drive(
+                &ctx("drive.create"),
+                &drive(d2, "alice"),
+                b"old",
+                Some(b"new"),
+                b"v0",
+            ),
+            Err(StoreError::Changed(_))
+        ));
         s.create_drive(
             &ctx("drive.create"),
             &drive(d2, "alice"),
             b"old",
             Some(b"new"),
+            b"v",
         )
         .unwrap();
         assert!(!s.promote_rekey(&ctx("r"), &p(), b"other", None).unwrap());
@@ -480,7 +504,7 @@ fn image_intents_cover_files_without_rows() {
         let d = drive(DriveId::new_random(), "alice");
         s.intend_image(d.storage).unwrap();
         assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage], vec![]));
-        s.create_drive(&ctx("drive.create"), &d, b"w", None)
+        s.create_drive(&ctx("drive.create"), &d, b"w", None, b"v")
             .unwrap();
         assert_eq!(s.storages().unwrap(), (vec![d.storage], vec![], vec![]));
         let storage = s.delete_drive(&ctx("drive.delete"), d.id).unwrap();
