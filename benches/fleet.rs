@@ -4,7 +4,10 @@
 //! 2. share-to-visible latency across agents: a share through agent A, then the first answer
 //!    of agent B that shows it, and the share's event on B's stream (p50, p99);
 //! 3. writes per second (registrations, 24 in flight) through one agent, and spread over
-//!    three agents of one database.
+//!    three agents of one database;
+//! 4. unlock cycles (admin half, member half, lock): SQLite, where the key stays in one
+//!    agent's memory, against PostgreSQL, where every change is sealed to the three enrolled
+//!    hosts and stored, with the halves through one agent or through two.
 //!
 //! PostgreSQL is the tests' throwaway cluster (`fsync=off`, `synchronous_commit=off`), so its
 //! writes are cheaper than on a durable server; SQLite runs with `synchronous=FULL`.
@@ -91,6 +94,53 @@ async fn writes(sockets: &[std::path::PathBuf], tag: &str) -> f64 {
     WRITES as f64 / started.elapsed().as_secs_f64()
 }
 
+/// `UNLOCKS` cycles of admin half through `x`, member half through `y`, lock through `x`, on
+/// a new project of alice; the cycles per second and the p50 of one cycle.
+async fn unlock_cycles(x: &std::path::Path, y: &std::path::Path, project: &str) -> (f64, Duration) {
+    let mut c = Conn::open(x).await;
+    let (st, body) = c
+        .call(
+            "POST",
+            "/v1/projects",
+            Some("root"),
+            Some(json!({"name": project, "members": ["alice"]})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let (admin, member) = (v["admin_share"].clone(), v["member_share"].clone());
+    let (mut cx, mut cy) = (Conn::open(x).await, Conn::open(y).await);
+    let mut took = vec![];
+    let started = Instant::now();
+    for _ in 0..UNLOCKS {
+        let t = Instant::now();
+        let path = format!("/v1/projects/{project}/unlock");
+        let (st, _) = cx
+            .call("POST", &path, Some("root"), Some(json!({"share": admin})))
+            .await;
+        assert_eq!(st, 200);
+        let (st, _) = cy
+            .call("POST", &path, Some("alice"), Some(json!({"share": member})))
+            .await;
+        assert_eq!(st, 200);
+        let (st, _) = cx
+            .call(
+                "POST",
+                &format!("/v1/projects/{project}/lock"),
+                Some("alice"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, 200);
+        took.push(t.elapsed());
+    }
+    let rate = UNLOCKS as f64 / started.elapsed().as_secs_f64();
+    took.sort();
+    (rate, took[took.len() / 2])
+}
+
+const UNLOCKS: usize = 100;
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -168,5 +218,15 @@ fn main() {
         println!("  {:<36} {:>10.0}", "PostgreSQL, 3 agents together", three);
         println!("  {:<36} {:>10.0}", "SQLite, 1 agent (for scale)", lite_w);
         println!("  ratio 3 agents / 1: {:.2}", three / one);
+
+        // 4. Unlock cycles: the cost of sealing and storing key states for the fleet.
+        let l = unlock_cycles(&lite.socket, &lite.socket, "u1").await;
+        let one = unlock_cycles(&a.socket, &a.socket, "u2").await;
+        let two = unlock_cycles(&a.socket, &c3.socket, "u3").await;
+        println!("4. Unlock cycles (admin half, member half, lock), {UNLOCKS} cycles");
+        println!("  {:<44} {:>10} {:>10}", "", "cycles/s", "p50 ms");
+        println!("  {:<44} {:>10.0} {:>10.3}", "SQLite, one agent (key in memory only)", l.0, ms(l.1));
+        println!("  {:<44} {:>10.0} {:>10.3}", "PostgreSQL, halves through A, 3 enrolled", one.0, ms(one.1));
+        println!("  {:<44} {:>10.0} {:>10.3}", "PostgreSQL, halves through A and C", two.0, ms(two.1));
     });
 }

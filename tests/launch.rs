@@ -90,6 +90,9 @@ fn locked_project_refuses_launch_with_409_project_locked_and_no_domain() {
     });
 }
 
+/// A single host (SQLite) keeps K in memory only: a restart locks every project. A fleet
+/// agent (PostgreSQL) opens its envelope again while it is valid (DESIGN 7, "Fleet unlock"):
+/// the project stays unlocked, and the envelope is the only place K persists, sealed.
 #[test]
 fn restart_leaves_project_locked_and_vm_running() {
     rt().block_on(async {
@@ -99,7 +102,15 @@ fn restart_leaves_project_locked_and_vm_running() {
         let _ = w.d.terminate();
         w.d.spawn();
         let r = c.get("/v1/projects", "alice").await;
-        assert_eq!(r.body[0]["locked"], true, "{r:?}");
+        assert_eq!(r.body[0]["locked"], !w.d.on_postgres(), "{r:?}");
+        if w.d.on_postgres() {
+            // Locked, then restarted: nothing brings it back.
+            assert_eq!(c.lock("genomics", "alice").await.status, 200);
+            let _ = w.d.terminate();
+            w.d.spawn();
+            let r = c.get("/v1/projects", "alice").await;
+            assert_eq!(r.body[0]["locked"], true, "{r:?}");
+        }
         assert!(domain_running(&vm), "restart must not touch running VMs");
         let r = c.get(&format!("/v1/vms/{vm}"), "alice").await;
         assert_eq!(r.body["state"], "running");

@@ -261,7 +261,11 @@ impl Service {
     /// destroyed (the VM may run elsewhere since the fence) and reported, each with an audit
     /// row, before the fence is lifted. Does nothing unless this host was fenced.
     pub async fn recover_from_fence(&self) -> Result<Vec<VmId>> {
-        if !self.store.is_shared() || !self.db(|s| s.fenced()).await? {
+        if !self.store.is_shared() {
+            return Ok(vec![]);
+        }
+        let _one = self.fence_recovery.lock().await;
+        if !self.db(|s| s.fenced()).await? {
             return Ok(vec![]);
         }
         let domains = self.hv(|h| h.list()).await?;

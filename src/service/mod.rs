@@ -99,6 +99,8 @@ pub struct Service {
     down_hosts: Mutex<HashSet<String>>,
     /// This agent's host identity and what it opened (fleet only).
     sealed: Option<Arc<seal::FleetKeys>>,
+    /// One recovery from a fence at a time (the heartbeat and the reconcile both look).
+    fence_recovery: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Service {
@@ -160,6 +162,7 @@ impl Service {
             store_calls: AtomicU64::new(0),
             down_hosts: Mutex::new(HashSet::new()),
             sealed: None,
+            fence_recovery: tokio::sync::Mutex::new(()),
         }
     }
 

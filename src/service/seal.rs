@@ -73,9 +73,7 @@ impl Service {
             return Ok(None);
         };
         let pr = project.clone();
-        let (state, hosts) = self
-            .db(move |s| Ok((s.seal_state(&pr)?, s.host_keys()?)))
-            .await?;
+        let (state, hosts) = self.db(move |s| s.seal_state(&pr)).await?;
         let enrolled: Vec<(String, HostPublic)> = hosts
             .into_iter()
             .filter(|h| h.enrolled)

@@ -123,22 +123,7 @@ impl Store {
 
     /// Every host's key, enrollment and fencing.
     pub fn host_keys(&self) -> Result<Vec<HostKeyRow>, StoreError> {
-        self.read(|db| {
-            db.rows(
-                "SELECT name, pubkey, enrolled, fenced_ms FROM hosts ORDER BY name",
-                &[],
-            )?
-            .iter()
-            .map(|r| {
-                Ok(HostKeyRow {
-                    name: r.text(0)?,
-                    pubkey: r.opt_text(1)?,
-                    enrolled: r.bool(2)?,
-                    fenced_ms: r.opt_int(3)?,
-                })
-            })
-            .collect()
-        })
+        self.read(host_rows)
     }
 
     /// Enrolls `host` with the key it published, if that is still `pubkey` (what the admin
@@ -272,11 +257,23 @@ impl Store {
         Ok(())
     }
 
-    /// A project's `seal_gen` and the unexpired envelopes sealed to this host.
-    pub fn seal_state(&self, project: &ProjectName) -> Result<SealState, StoreError> {
+    /// A project's `seal_gen`, the unexpired envelopes sealed to this host and every host's
+    /// key and enrollment, from one snapshot (and the database's clock, read in it).
+    pub fn seal_state(
+        &self,
+        project: &ProjectName,
+    ) -> Result<(SealState, Vec<HostKeyRow>), StoreError> {
         let host = self.host();
-        let now_ms = self.clock_ms()?;
+        let shared = self.is_shared();
         self.read(|db| {
+            let now_ms = if shared {
+                db.int(
+                    "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+                    &[],
+                )?
+            } else {
+                super::now_ms()
+            };
             let gen = db
                 .row(
                     "SELECT seal_gen FROM projects WHERE name = ?1",
@@ -303,7 +300,7 @@ impl Store {
                     })
                 })
                 .collect::<Result<_, StoreError>>()?;
-            Ok(SealState { gen, now_ms, mine })
+            Ok((SealState { gen, now_ms, mine }, host_rows(db)?))
         })
     }
 
@@ -421,6 +418,23 @@ impl Store {
             Ok(())
         })
     }
+}
+
+fn host_rows(db: &dyn Db) -> Result<Vec<HostKeyRow>, StoreError> {
+    db.rows(
+        "SELECT name, pubkey, enrolled, fenced_ms FROM hosts ORDER BY name",
+        &[],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(HostKeyRow {
+            name: r.text(0)?,
+            pubkey: r.opt_text(1)?,
+            enrolled: r.bool(2)?,
+            fenced_ms: r.opt_int(3)?,
+        })
+    })
+    .collect()
 }
 
 fn notify_keys(db: &dyn Db, host: &str, project: &str) -> Result<(), StoreError> {

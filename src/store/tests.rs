@@ -633,3 +633,192 @@ fn a_started_vm_is_held_by_its_host() {
         Ok(Running)
     );
 }
+
+fn envelope(host: &str, sealed_to: &str, kind: &str, expires_ms: i64) -> Envelope {
+    Envelope {
+        kind: kind.into(),
+        host: host.into(),
+        sealed_to: sealed_to.into(),
+        from_user: String::new(),
+        expires_ms,
+        body: format!("sealed for {host}").into_bytes(),
+    }
+}
+
+fn plan(expect: Option<i64>, drop: Discard, put: Vec<Envelope>, rekey: bool) -> SealPlan {
+    SealPlan {
+        project: p(),
+        expect,
+        drop,
+        put,
+        rekey,
+    }
+}
+
+/// Envelopes reach only hosts enrolled with the very key they were sealed to; a plan judged
+/// from an older state is refused whole; a re-key's envelopes take the old key's expiry, or
+/// are not written when the project locked meanwhile; un-enrolling and a new host key drop a
+/// host's envelopes at once.
+#[test]
+fn envelopes_reach_only_enrolled_hosts_and_follow_the_project_state() {
+    let url = super::testpg::fresh_database();
+    let a = populate(Store::connect_as(&url, "h1").unwrap());
+    let b = Store::connect_as(&url, "h2").unwrap();
+    for s in [&a, &b] {
+        s.heartbeat("t", true, 30_000).unwrap();
+    }
+    assert!(!a.publish_host_key("age1a").unwrap());
+    assert!(!b.publish_host_key("age1b").unwrap());
+    // Enrollment checks the key the admin compared.
+    assert!(matches!(
+        a.enroll(&ctx("host.enroll"), "h2", "age1x"),
+        Err(StoreError::Changed(_))
+    ));
+    assert!(matches!(
+        a.enroll(&ctx("host.enroll"), "h9", "age1x"),
+        Err(StoreError::Missing(..))
+    ));
+    assert!(a.enroll(&ctx("host.enroll"), "h1", "age1a").unwrap());
+    assert!(!a.enroll(&ctx("host.enroll"), "h1", "age1a").unwrap());
+    let far = a.clock_ms().unwrap() + 60_000;
+    let gen = a.seal_state(&p()).unwrap().0.gen;
+    // h2 is not enrolled, and h1's envelope sealed to another key is not h1's.
+    a.record_seal(
+        &ctx("project.unlock"),
+        "ok",
+        &plan(
+            Some(gen),
+            Discard::Nothing,
+            vec![
+                envelope("h1", "age1a", "key", far),
+                envelope("h2", "age1b", "key", far),
+            ],
+            false,
+        ),
+    )
+    .unwrap();
+    assert_eq!(a.seal_state(&p()).unwrap().0.mine.len(), 1);
+    assert!(b.seal_state(&p()).unwrap().0.mine.is_empty());
+    // The same plan again: judged from a state that is gone.
+    assert!(matches!(
+        a.record_seal(
+            &ctx("project.unlock"),
+            "ok",
+            &plan(Some(gen), Discard::All, vec![], false)
+        ),
+        Err(StoreError::Changed(_))
+    ));
+    assert_eq!(a.seal_state(&p()).unwrap().0.mine.len(), 1);
+    // A re-key: K' takes K's expiry, on every enrolled host.
+    assert!(b.enroll(&ctx("host.enroll"), "h2", "age1b").unwrap());
+    a.record_seal(
+        &ctx("project.resplit_delivered"),
+        "ok",
+        &plan(
+            None,
+            Discard::Nothing,
+            vec![
+                envelope("h1", "age1a", "key", 0),
+                envelope("h2", "age1b", "key", 0),
+            ],
+            true,
+        ),
+    )
+    .unwrap();
+    let mine = b.seal_state(&p()).unwrap().0.mine;
+    assert_eq!((mine.len(), mine[0].expires_ms), (1, far));
+    // A lock drops everything; a re-key after it writes nothing.
+    assert_eq!(
+        a.record_seal(
+            &ctx("project.lock"),
+            "ok",
+            &plan(None, Discard::All, vec![], false)
+        )
+        .unwrap(),
+        2
+    );
+    a.record_seal(
+        &ctx("project.resplit_delivered"),
+        "ok",
+        &plan(
+            None,
+            Discard::Nothing,
+            vec![envelope("h1", "age1a", "key", 0)],
+            true,
+        ),
+    )
+    .unwrap();
+    assert!(a.seal_state(&p()).unwrap().0.mine.is_empty());
+    // Expired envelopes are not read, and are purged.
+    let gen = a.seal_state(&p()).unwrap().0.gen;
+    a.record_seal(
+        &ctx("project.unlock"),
+        "ok",
+        &plan(
+            Some(gen),
+            Discard::Nothing,
+            vec![
+                envelope("h1", "age1a", "admin", 1),
+                envelope("h2", "age1b", "admin", far),
+            ],
+            false,
+        ),
+    )
+    .unwrap();
+    assert!(a.seal_state(&p()).unwrap().0.mine.is_empty());
+    assert_eq!(b.seal_state(&p()).unwrap().0.mine.len(), 1);
+    a.purge_envelopes().unwrap();
+    assert_eq!(a.raw("SELECT host FROM envelopes", &[]).unwrap().len(), 1);
+    // Un-enrolling drops h2's envelopes at once; so does a new key of h2.
+    assert_eq!(a.unenroll(&ctx("host.unenroll"), "h2").unwrap(), Some(1));
+    assert_eq!(a.unenroll(&ctx("host.unenroll"), "h2").unwrap(), None);
+    assert!(b.enroll(&ctx("host.enroll"), "h2", "age1b").unwrap());
+    assert!(b.publish_host_key("age1c").unwrap());
+    let keys = a.host_keys().unwrap();
+    let h2 = keys.iter().find(|h| h.name == "h2").unwrap();
+    assert_eq!((h2.pubkey.as_deref(), h2.enrolled), (Some("age1c"), false));
+}
+
+/// Fencing releases the VMs a host held, once, and the host lifts its fence itself.
+#[test]
+fn fencing_releases_a_hosts_vms_until_it_comes_back() {
+    use crate::model::VmState::{Starting, Stopped};
+    let url = super::testpg::fresh_database();
+    let a = populate(Store::connect_as(&url, "h1").unwrap());
+    let b = Store::connect_as(&url, "h2").unwrap();
+    for s in [&a, &b] {
+        s.heartbeat("t", true, 30_000).unwrap();
+    }
+    let v = VmId::new_random();
+    a.create_vm(&ctx("vm.create"), &vm(v, vec![])).unwrap();
+    a.transition(v, &[Stopped], Starting, "start")
+        .unwrap()
+        .unwrap();
+    let now = b.clock_ms().unwrap();
+    let f = b.fence(&ctx("host.fence"), "h1", now).unwrap();
+    assert_eq!(
+        f,
+        Fenced {
+            already: false,
+            released: vec![v]
+        }
+    );
+    let row = b.vm(v).unwrap().unwrap();
+    assert_eq!((row.state, row.host), (Stopped, None));
+    assert!(a.fenced().unwrap());
+    assert!(!b.fenced().unwrap());
+    let f = b.fence(&ctx("host.fence"), "h1", now).unwrap();
+    assert_eq!(
+        f,
+        Fenced {
+            already: true,
+            released: vec![]
+        }
+    );
+    assert!(matches!(
+        b.fence(&ctx("host.fence"), "h9", now),
+        Err(StoreError::Missing(..))
+    ));
+    a.unfence(&[ctx("host.fenced_destroyed")]).unwrap();
+    assert!(!a.fenced().unwrap());
+}
