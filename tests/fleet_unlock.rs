@@ -701,3 +701,36 @@ fn a_resplit_through_one_agent_never_loses_the_project_for_the_fleet() {
         assert_eq!(r.status, 200, "{r:?}");
     });
 }
+
+/// Halves arriving at the same moment through two agents: each agent judges from the
+/// envelopes it read, and the store lets only one of two conflicting judgements commit; the
+/// other judges again. Whatever the interleaving, the pair unlocks, every round.
+#[test]
+fn halves_racing_through_two_agents_always_unlock() {
+    rt().block_on(async {
+        let f = fleet(3, |_| Opts::default());
+        let (a, b, c) = (f.c(0), f.c(1), f.c(2));
+        let s = world(&a).await;
+        for round in 0..12 {
+            let (x, y) = if round % 2 == 0 { (&a, &c) } else { (&c, &b) };
+            let (r1, r2) = tokio::join!(
+                x.unlock_half("p", "root", &s.admin),
+                y.unlock_half("p", "alice", &s.member)
+            );
+            assert_eq!(
+                (r1.status, r2.status),
+                (200, 200),
+                "round {round}: {r1:?} {r2:?}"
+            );
+            for i in 0..3 {
+                let r = f.c(i).get("/v1/projects", "alice").await;
+                assert_eq!(
+                    r.body[0]["locked"], false,
+                    "round {round}, agent {i}: {r:?}"
+                );
+            }
+            let r = b.lock("p", "alice").await;
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+    });
+}
