@@ -92,6 +92,6 @@ mod tests {
         ] {
             assert!(p.contains(&format!("\\fB{key}\\fR = ")), "{key}");
         }
-        assert!(p.contains("An unlocked project key is forgotten after this long."));
+        assert!(p.contains("An unlocked project key is forgotten after this long (10s to 30d)."));
     }
 }

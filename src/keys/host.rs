@@ -8,7 +8,7 @@
 //! the project and the kind of secret, so an envelope moved to another project or slot in the
 //! store does not open as anything.
 
-use super::{Key32, KeyError};
+use super::Key32;
 use crate::model::ProjectName;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
@@ -193,21 +193,18 @@ fn header(project: &ProjectName, kind: Sealed) -> Vec<u8> {
 }
 
 /// Seals `secret` for `project` and `kind` to one host (one envelope per host, so that
-/// un-enrolling a host is deleting its rows).
-pub fn seal(
-    to: &HostPublic,
-    project: &ProjectName,
-    kind: Sealed,
-    secret: &Key32,
-) -> Result<Vec<u8>, KeyError> {
-    let recipient = age::x25519::Recipient::from_str(&to.0).map_err(|_| KeyError::Malformed)?;
+/// un-enrolling a host is deleting its rows). Cannot fail: a `HostPublic` is a parsed X25519
+/// recipient, and sealing to one writes into memory.
+pub fn seal(to: &HostPublic, project: &ProjectName, kind: Sealed, secret: &Key32) -> Vec<u8> {
+    let recipient =
+        age::x25519::Recipient::from_str(&to.0).expect("a HostPublic is a parsed recipient");
     let mut plain = Zeroizing::new(header(project, kind));
     plain.extend_from_slice(&secret.0[..]);
     let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-        .map_err(|_| KeyError::Malformed)?;
+        .expect("one X25519 recipient");
     let mut out = Vec::with_capacity(plain.len() + 256);
-    let mut w = enc.wrap_output(&mut out).map_err(|_| KeyError::Malformed)?;
-    w.write_all(&plain).map_err(|_| KeyError::Malformed)?;
-    w.finish().map_err(|_| KeyError::Malformed)?;
-    Ok(out)
+    let mut w = enc.wrap_output(&mut out).expect("writing to memory");
+    w.write_all(&plain).expect("writing to memory");
+    w.finish().expect("writing to memory");
+    out
 }

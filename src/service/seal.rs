@@ -168,7 +168,7 @@ impl Service {
         project: &ProjectName,
         view: &SealView,
         sealing: Sealing<'_>,
-    ) -> Result<Option<SealPlan>> {
+    ) -> Option<SealPlan> {
         let plan = |discard, put| SealPlan {
             project: project.clone(),
             expect: Some(view.state.gen),
@@ -176,7 +176,7 @@ impl Service {
             put,
             rekey: false,
         };
-        Ok(match sealing {
+        match sealing {
             Sealing::Keep => None,
             Sealing::Clear => Some(plan(Discard::Halves, vec![])),
             Sealing::Pending { half, share, from } => {
@@ -189,17 +189,17 @@ impl Service {
                 );
                 Some(plan(
                     Discard::Nothing,
-                    self.seal_to_all(project, view, kind, share, from.as_str(), until)?,
+                    self.seal_to_all(project, view, kind, share, from.as_str(), until),
                 ))
             }
             Sealing::Key(k) => {
                 let until = view.state.now_ms + self.cfg.keys.unlock_ttl.as_millis() as i64;
                 Some(plan(
                     Discard::Halves,
-                    self.seal_to_all(project, view, Sealed::Key, k, "", until)?,
+                    self.seal_to_all(project, view, Sealed::Key, k, "", until),
                 ))
             }
-        })
+        }
     }
 
     /// One envelope of `secret` per enrolled host.
@@ -211,18 +211,16 @@ impl Service {
         secret: &Key32,
         from: &str,
         expires_ms: i64,
-    ) -> Result<Vec<Envelope>> {
+    ) -> Vec<Envelope> {
         view.enrolled
             .iter()
-            .map(|(name, public)| {
-                Ok(Envelope {
-                    kind: kind.as_str().to_owned(),
-                    host: name.clone(),
-                    sealed_to: public.as_str().to_owned(),
-                    from_user: from.to_owned(),
-                    expires_ms,
-                    body: host::seal(public, project, kind, secret).map_err(ServiceError::Share)?,
-                })
+            .map(|(name, public)| Envelope {
+                kind: kind.as_str().to_owned(),
+                host: name.clone(),
+                sealed_to: public.as_str().to_owned(),
+                from_user: from.to_owned(),
+                expires_ms,
+                body: host::seal(public, project, kind, secret),
             })
             .collect()
     }
@@ -231,7 +229,7 @@ impl Service {
     /// place of the envelopes of K (the store gives them K's expiry, or drops them when the
     /// project locked meanwhile). `None` when it cannot be sealed now; the promotion then
     /// drops the envelopes of K, which no longer opens the drives.
-    pub(super) async fn rekey_plan(&self, project: &ProjectName) -> Option<SealPlan> {
+    pub(super) async fn rekey_plan(&self, project: &ProjectName) -> SealPlan {
         let view = self.sync_keys(project).await.ok().flatten();
         let put = view
             .and_then(|v| {
@@ -242,15 +240,14 @@ impl Service {
                     .ok()
                     .flatten()
             })
-            .and_then(|r| r.ok())
             .unwrap_or_default();
-        Some(SealPlan {
+        SealPlan {
             project: project.clone(),
             expect: None,
             drop: Discard::Nothing,
             put,
             rekey: true,
-        })
+        }
     }
 
     /// Brings the keyring in line with the envelopes of every project whose `seal_gen`

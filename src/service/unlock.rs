@@ -85,7 +85,7 @@ impl Service {
             Instant::now(),
         );
         let plan = match &view {
-            Some(v) => self.seal_plan(&project, v, t.sealing())?,
+            Some(v) => self.seal_plan(&project, v, t.sealing()),
             None => None,
         };
         let sealed_gen = plan.as_ref().and(view.as_ref()).map(|v| v.state.gen + 1);
@@ -294,7 +294,7 @@ impl Service {
             // Fleet: the promotion replaces every host's envelope of K by one of K' (with
             // the same expiry), unless the project locked meanwhile.
             let plan = if is_delivered && svc.is_sealing() {
-                svc.rekey_plan(&pr).await
+                Some(svc.rekey_plan(&pr).await)
             } else {
                 None
             };
