@@ -71,14 +71,20 @@ async fn world(c: &Client) -> Shares {
     project(c, "p", &["alice", "bob", "ada"]).await
 }
 
-/// The envelopes in the store: (kind, host, body).
-fn envelopes(d: &Daemon) -> Vec<(String, String, Vec<u8>)> {
+/// The envelopes in the store: (kind, host, (expiry, body)).
+fn envelopes(d: &Daemon) -> Vec<(String, String, (i64, Vec<u8>))> {
     d.sql(
-        "SELECT kind, host, body FROM envelopes ORDER BY host, kind",
+        "SELECT kind, host, expires_ms, body FROM envelopes ORDER BY host, kind",
         &[],
     )
     .iter()
-    .map(|r| (r.text(0).unwrap(), r.text(1).unwrap(), r.bytes(2).unwrap()))
+    .map(|r| {
+        (
+            r.text(0).unwrap(),
+            r.text(1).unwrap(),
+            (r.int(2).unwrap(), r.bytes(3).unwrap()),
+        )
+    })
     .collect()
 }
 
@@ -133,27 +139,28 @@ fn halves_through_two_agents_unlock_the_fleet_and_a_lock_through_a_third_locks_i
             .collect();
         held.sort();
         assert_eq!(held, ["key@h1", "key@h2", "key@h3"]);
-        // A lock through C: every envelope goes, and B's very next start is refused.
+        // A lock through C: every envelope goes. A and B, which both held K (A created the
+        // drive, B launched), zeroize it on the notification, before anyone asks them.
         let r = c.lock("p", "bob").await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(envelopes(&f.agents[0]).is_empty());
+        for ag in &f.agents[..2] {
+            eventually(
+                Duration::from_secs(5),
+                "the lock reaches every agent holding K",
+                || async {
+                    ag.log_text()
+                        .contains("locked through another agent; zeroized the key of project p")
+                },
+            )
+            .await;
+        }
+        // B's very next start is refused, and every agent shows the project locked.
         let r = b.start(&v, "alice").await;
         assert_eq!((r.status, r.code()), (409, "project_locked"), "{r:?}");
         for i in 0..3 {
             let r = f.c(i).get("/v1/projects", "alice").await;
             assert_eq!(r.body[0]["locked"], true, "agent {i}: {r:?}");
-        }
-        // The notification made the other agents zeroize K at once, not at their next use.
-        for ag in &f.agents[..2] {
-            eventually(
-                Duration::from_secs(5),
-                "the lock reaches every agent",
-                || async {
-                    ag.log_text()
-                        .contains("zeroized the key state of project p")
-                },
-            )
-            .await;
         }
     });
 }
@@ -247,17 +254,19 @@ fn a_host_no_admin_enrolled_never_receives_key_material() {
             "{:?}",
             sealed.iter().map(|e| &e.1).collect::<Vec<_>>()
         );
-        let (kind, host, body) = &sealed[0];
+        let (kind, host, (until, body)) = &sealed[0];
         assert_eq!((kind.as_str(), host.as_str()), ("key", "h1"));
         let k = vmwarden::keys::combine(s.admin.as_bytes(), s.member.as_bytes()).unwrap();
         let opened = host_key(&f.agents[0])
-            .open(&p(), Sealed::Key, body)
+            .open(&p(), Sealed::Key, *until, body)
             .unwrap();
         assert_eq!(opened.expose(), k.expose());
         assert!(host_key(&f.agents[1])
-            .open(&p(), Sealed::Key, body)
+            .open(&p(), Sealed::Key, *until, body)
             .is_none());
-        assert!(HostKey::generate().open(&p(), Sealed::Key, body).is_none());
+        assert!(HostKey::generate()
+            .open(&p(), Sealed::Key, *until, body)
+            .is_none());
         // Through B: no launch, no half, no drive.
         let r = b.start(&v, "alice").await;
         assert_eq!((r.status, r.code()), (409, "host_not_enrolled"), "{r:?}");
@@ -430,7 +439,7 @@ fn the_secrets_of_a_fleet_stay_out_of_the_store_the_state_folders_and_the_logs()
                 }
             }
         }
-        for (i, (_, _, body)) in pending.iter().enumerate() {
+        for (i, (_, _, (_, body))) in pending.iter().enumerate() {
             places.push((format!("pending envelope {i}"), body.clone()));
         }
         assert!(
@@ -461,6 +470,18 @@ fn the_secrets_of_a_fleet_stay_out_of_the_store_the_state_folders_and_the_logs()
                 );
             }
         }
+        // Nor does either host's private key appear anywhere but in its own key file.
+        for ag in &f.agents {
+            let text = std::fs::read_to_string(ag.state().join("host-key")).unwrap();
+            let secret = text.trim().as_bytes();
+            assert!(secret.starts_with(b"AGE-SECRET-KEY-1"));
+            for (place, hay) in places.iter().filter(|(n, _)| !n.ends_with("/host-key")) {
+                assert!(
+                    !hay.windows(secret.len()).any(|w| w == secret),
+                    "a host key found in {place}"
+                );
+            }
+        }
         // Each envelope opens with its enrolled host's key, and with no other.
         let keys: Vec<(String, HostKey)> = f
             .agents
@@ -468,23 +489,24 @@ fn the_secrets_of_a_fleet_stay_out_of_the_store_the_state_folders_and_the_logs()
             .enumerate()
             .map(|(i, ag)| (format!("h{}", i + 1), host_key(ag)))
             .collect();
-        for (kind, host, body) in pending.iter().chain(&sealed) {
+        for (kind, host, (until, body)) in pending.iter().chain(&sealed) {
             let kind = Sealed::parse(kind).unwrap();
             for (name, key) in &keys {
-                let opened = key.open(&p(), kind, body);
+                let opened = key.open(&p(), kind, *until, body);
                 assert_eq!(
                     opened.is_some(),
                     name == host,
                     "{kind:?} for {host} opened with {name}'s key"
                 );
             }
-            assert!(HostKey::generate().open(&p(), kind, body).is_none());
+            assert!(HostKey::generate().open(&p(), kind, *until, body).is_none());
+            assert!(keys[0].1.open(&p(), kind, until + 1, body).is_none());
             let secret = keys
                 .iter()
                 .find(|(n, _)| n == host)
                 .unwrap()
                 .1
-                .open(&p(), kind, body)
+                .open(&p(), kind, *until, body)
                 .unwrap();
             let expected = match kind {
                 Sealed::Key => k.expose(),

@@ -100,16 +100,16 @@ fn canary_key_shares_and_passphrases_never_leak() {
         let pass = vmwarden::keys::unwrap(&k, &vmwarden::model::ProjectName::parse("genomics").unwrap(), &drv, &wrapped).unwrap();
         // A fleet agent keeps K sealed to its host key in the store (and nowhere else); a
         // single host keeps nothing of it, and has no host key (DESIGN 1 holds unchanged).
-        let sealed = d.sql("SELECT kind, host, body FROM envelopes", &[]);
+        let sealed = d.sql("SELECT kind, host, body, expires_ms FROM envelopes", &[]);
         let genomics = vmwarden::model::ProjectName::parse("genomics").unwrap();
         if d.on_postgres() {
             assert_eq!(sealed.len(), 1, "one envelope of K for the one enrolled host");
-            let body = sealed[0].bytes(2).unwrap();
+            let (body, until) = (sealed[0].bytes(2).unwrap(), sealed[0].int(3).unwrap());
             let mine = vmwarden::keys::host::HostKey::load_or_create(&d.state().join("host-key")).unwrap();
-            let opened = mine.open(&genomics, vmwarden::keys::host::Sealed::Key, &body).unwrap();
+            let opened = mine.open(&genomics, vmwarden::keys::host::Sealed::Key, until, &body).unwrap();
             assert_eq!(opened.expose(), k.expose());
             let stranger = vmwarden::keys::host::HostKey::generate();
-            assert!(stranger.open(&genomics, vmwarden::keys::host::Sealed::Key, &body).is_none());
+            assert!(stranger.open(&genomics, vmwarden::keys::host::Sealed::Key, until, &body).is_none());
         } else {
             assert!(sealed.is_empty());
             assert!(!d.state().join("host-key").exists());

@@ -163,11 +163,18 @@ impl HostKey {
         &self.public
     }
 
-    /// Opens an envelope sealed to this host for `project` and `kind`. Anything else (another
-    /// host's envelope, another project's, an altered one) is `None`.
-    pub fn open(&self, project: &ProjectName, kind: Sealed, body: &[u8]) -> Option<Key32> {
+    /// Opens an envelope sealed to this host for `project`, `kind` and expiry `expires_ms`
+    /// (as its row says). Anything else (another host's envelope, another project's or slot's,
+    /// an expiry changed in the store, an altered body) is `None`.
+    pub fn open(
+        &self,
+        project: &ProjectName,
+        kind: Sealed,
+        expires_ms: i64,
+        body: &[u8],
+    ) -> Option<Key32> {
         let plain = Zeroizing::new(self.decrypt(body)?);
-        let head = header(project, kind);
+        let head = header(project, kind, expires_ms);
         let rest = plain.strip_prefix(head.as_slice())?;
         Key32::from_slice(rest)
     }
@@ -183,22 +190,33 @@ impl HostKey {
     }
 }
 
-fn header(project: &ProjectName, kind: Sealed) -> Vec<u8> {
+/// What the plaintext binds besides the secret: the project, the slot and the expiry, so a
+/// writer of the store can neither move an envelope nor extend its life.
+fn header(project: &ProjectName, kind: Sealed, expires_ms: i64) -> Vec<u8> {
     let mut h = b"vmwarden envelope v1\0".to_vec();
     h.extend_from_slice(project.as_str().as_bytes());
     h.push(0);
     h.extend_from_slice(kind.as_str().as_bytes());
     h.push(0);
+    h.extend_from_slice(&expires_ms.to_be_bytes());
     h
 }
 
 /// Seals `secret` for `project` and `kind` to one host (one envelope per host, so that
 /// un-enrolling a host is deleting its rows). Cannot fail: a `HostPublic` is a parsed X25519
 /// recipient, and sealing to one writes into memory.
-pub fn seal(to: &HostPublic, project: &ProjectName, kind: Sealed, secret: &Key32) -> Vec<u8> {
+/// The buffers age fills while encrypting are freed without being wiped; the process's
+/// allocator (`zeroizing-alloc`) zeroes every freed block, so no copy outlives the call.
+pub fn seal(
+    to: &HostPublic,
+    project: &ProjectName,
+    kind: Sealed,
+    expires_ms: i64,
+    secret: &Key32,
+) -> Vec<u8> {
     let recipient =
         age::x25519::Recipient::from_str(&to.0).expect("a HostPublic is a parsed recipient");
-    let mut plain = Zeroizing::new(header(project, kind));
+    let mut plain = Zeroizing::new(header(project, kind, expires_ms));
     plain.extend_from_slice(&secret.0[..]);
     let enc = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
         .expect("one X25519 recipient");

@@ -339,30 +339,33 @@ mod host_keys {
     fn an_envelope_opens_with_its_host_key_only() {
         let (a, b) = (HostKey::generate(), HostKey::generate());
         let k = Key32::random();
-        let body = seal(a.public(), &project("p"), Sealed::Key, &k);
-        let opened = a.open(&project("p"), Sealed::Key, &body).unwrap();
+        let body = seal(a.public(), &project("p"), Sealed::Key, 7, &k);
+        let opened = a.open(&project("p"), Sealed::Key, 7, &body).unwrap();
         assert_eq!(opened.expose(), k.expose());
-        assert!(b.open(&project("p"), Sealed::Key, &body).is_none());
+        assert!(b.open(&project("p"), Sealed::Key, 7, &body).is_none());
     }
 
     #[test]
     fn an_envelope_moved_to_another_project_or_slot_does_not_open() {
         let a = HostKey::generate();
         let k = Key32::random();
-        let body = seal(a.public(), &project("p"), Sealed::AdminHalf, &k);
-        assert!(a.open(&project("q"), Sealed::AdminHalf, &body).is_none());
-        assert!(a.open(&project("p"), Sealed::Key, &body).is_none());
+        let body = seal(a.public(), &project("p"), Sealed::AdminHalf, 7, &k);
+        assert!(a.open(&project("q"), Sealed::AdminHalf, 7, &body).is_none());
+        assert!(a.open(&project("p"), Sealed::Key, 7, &body).is_none());
+        // An expiry extended in the store does not open either.
+        assert!(a.open(&project("p"), Sealed::AdminHalf, 8, &body).is_none());
+        assert!(a.open(&project("p"), Sealed::AdminHalf, 7, &body).is_some());
         let mut bad = body.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(a.open(&project("p"), Sealed::AdminHalf, &bad).is_none());
+        assert!(a.open(&project("p"), Sealed::AdminHalf, 7, &bad).is_none());
     }
 
     #[test]
     fn the_envelope_does_not_carry_the_secret_in_clear() {
         let a = HostKey::generate();
         let k = Key32::random();
-        let body = seal(a.public(), &project("p"), Sealed::Key, &k);
+        let body = seal(a.public(), &project("p"), Sealed::Key, 7, &k);
         assert!(!body.windows(32).any(|w| w == k.expose()));
     }
 
@@ -404,4 +407,94 @@ mod host_keys {
         assert!(!shown.contains(text.trim()));
         assert!(!shown.to_lowercase().contains("age-secret-key"));
     }
+}
+
+/// What the envelopes say replaces a slot: a waiting half keeps its submitter, K keeps a
+/// staged K' only when K is the same, and forgetting empties everything.
+#[test]
+fn restore_follows_the_envelopes_and_forget_all_empties() {
+    let ring = Keyring::new();
+    let now = Instant::now();
+    let nk = generate();
+    let (_, a) = parse_share(nk.admin_share.expose()).unwrap();
+    ring.restore(
+        &p(),
+        Restored::Pending {
+            half: Half::Admin,
+            share: a,
+            from: UserName::parse("root").unwrap(),
+            left: Duration::from_secs(60),
+        },
+        now,
+    );
+    let st = ring.status(&p(), now);
+    assert_eq!((st.locked, st.pending.clone()), (true, vec![Half::Admin]));
+    // The member half from another person rebuilds K against the verifier.
+    let v = verifier(&nk.key, &p());
+    let t = ring.evaluate(
+        &p(),
+        Verifiers {
+            current: &v,
+            staged: None,
+        },
+        nk.member_share.expose(),
+        &member("alice"),
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+        now,
+    );
+    assert_eq!(ring.apply(t).unwrap(), UnlockOutcome::Unlocked);
+    ring.stage(&p(), Key32::random(), now).unwrap();
+    // The same K again keeps the staged K'; another K drops it.
+    let same = Key32::from_slice(nk.key.expose()).unwrap();
+    ring.restore(
+        &p(),
+        Restored::Unlocked {
+            key: same,
+            left: Duration::from_secs(60),
+        },
+        now,
+    );
+    assert!(ring.with_keys(&p(), now, |_, next| next.is_some()).unwrap());
+    ring.restore(
+        &p(),
+        Restored::Unlocked {
+            key: Key32::random(),
+            left: Duration::from_secs(60),
+        },
+        now,
+    );
+    assert!(!ring.with_keys(&p(), now, |_, next| next.is_some()).unwrap());
+    // An envelope at its end: locked once its time is up.
+    ring.restore(
+        &p(),
+        Restored::Unlocked {
+            key: Key32::random(),
+            left: Duration::from_secs(1),
+        },
+        now,
+    );
+    assert!(ring
+        .with_key(&p(), now + Duration::from_secs(2), |_| ())
+        .is_err());
+    ring.restore(
+        &p(),
+        Restored::Unlocked {
+            key: Key32::random(),
+            left: Duration::from_secs(60),
+        },
+        now,
+    );
+    ring.forget_all();
+    assert!(ring.status(&p(), now).locked);
+    ring.restore(
+        &p(),
+        Restored::Unlocked {
+            key: Key32::random(),
+            left: Duration::from_secs(60),
+        },
+        now,
+    );
+    ring.restore(&p(), Restored::Locked, now);
+    assert!(ring.status(&p(), now).locked);
 }

@@ -29,14 +29,19 @@ impl Service {
         let view = self.sync_keys(&project).await?;
         self.must_be_enrolled(&view)?;
         let passphrase = keys::new_passphrase();
-        let (wrapped, next_wrapped, key_verifier) = self
+        let (wrapped, key_verifier, next) = self
             .keys
             .with_keys(&project, Instant::now(), |k, next| {
                 let d = id.to_string();
                 (
                     keys::wrap(k, &project, &d, &passphrase),
-                    next.map(|n| keys::wrap(n, &project, &d, &passphrase)),
                     keys::verifier(k, &project),
+                    next.map(|n| {
+                        (
+                            keys::wrap(n, &project, &d, &passphrase),
+                            keys::verifier(n, &project),
+                        )
+                    }),
                 )
             })
             .map_err(|e| ServiceError::Locked(e.to_string()))?;
@@ -72,8 +77,8 @@ impl Service {
                     &audit(&actor, AuditAction::DriveCreate, d2.id.to_string(), None),
                     &d2,
                     &wrapped,
-                    next_wrapped.as_deref(),
                     &key_verifier,
+                    next.as_ref().map(|(w, v)| (w.as_slice(), v.as_slice())),
                 )
             })
             .await;

@@ -215,6 +215,10 @@ impl Service {
             }
             e => e,
         })?;
+        if host == self.host() {
+            // Its own notification does not come back to it: this agent zeroizes now.
+            self.forget_keys();
+        }
         self.fleet_host(p, &host).await
     }
 
@@ -224,8 +228,13 @@ impl Service {
     pub async fn fence(&self, p: &Principal, host: String) -> Result<FencedHost> {
         self.check(p, &Action::Admin(AdminAction::ManageFleet), "")?;
         self.fleet_only()?;
-        let before = self.fleet_host(p, &host).await?;
-        if before.state == HostState::Up {
+        // Judged on the heartbeat, not the shown state: a fenced host that runs again is up.
+        self.fleet_host(p, &host).await?;
+        let (now, hosts) = self.db(|s| s.hosts()).await?;
+        if hosts
+            .iter()
+            .any(|h| h.name == host && !self.is_down(h, now))
+        {
             let (actor, h) = (p.clone(), host.clone());
             self.db(move |s| {
                 s.audit_outcome(

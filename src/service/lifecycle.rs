@@ -80,6 +80,11 @@ impl Service {
             ));
         }
         if self.hv(move |h| h.is_running(id)).await? {
+            // Agents of a fleet may share a libvirtd (the tests do): a domain another agent
+            // started since this request read the VM is that host's, as the store says.
+            if let Some(now) = self.db(move |s| s.vm(id)).await? {
+                self.held_here(&now)?;
+            }
             return Err(conflict(
                 ConflictCode::VmRunning,
                 format!("VM {id} is already running"),

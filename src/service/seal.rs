@@ -14,6 +14,9 @@ pub(super) struct FleetKeys {
     key: HostKey,
     /// The `seal_gen` each project's keyring slot was restored or written at.
     seen: Mutex<HashMap<ProjectName, i64>>,
+    /// Notifications of other agents' key changes received so far: a restore or a write
+    /// that a notification overtook looks again, so a lock elsewhere never leaves K behind.
+    notices: AtomicU64,
 }
 
 impl FleetKeys {
@@ -21,7 +24,12 @@ impl FleetKeys {
         Self {
             key,
             seen: Mutex::new(HashMap::new()),
+            notices: AtomicU64::new(0),
         }
+    }
+
+    pub(super) fn notices(&self) -> u64 {
+        self.notices.load(Ordering::Acquire)
     }
 }
 
@@ -54,14 +62,24 @@ impl Service {
             return;
         };
         let keys = self.keys.clone();
-        self.store.on_keys(move |project| {
-            if project.is_empty() {
+        let me = self.host().to_owned();
+        self.store.on_keys(move |payload| {
+            f.notices.fetch_add(1, Ordering::AcqRel);
+            let mut parts = payload.split('\n');
+            let (project, what) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if project.is_empty() || what.strip_prefix("unenroll:") == Some(me.as_str()) {
                 keys.forget_all();
                 f.seen.lock().unwrap().clear();
+                if !project.is_empty() {
+                    tracing::info!("this host was un-enrolled; zeroized every key it held");
+                }
             } else if let Ok(p) = project.parse::<ProjectName>() {
-                let held = keys.lock(&p);
                 f.seen.lock().unwrap().remove(&p);
-                tracing::debug!(project = %p, held, "another agent changed the key state; zeroized the key state of project {p}");
+                // A lock zeroizes at once; any other change is looked at before the next use
+                // (which keeps a staged re-key of this agent).
+                if what == "lock" && keys.lock(&p) {
+                    tracing::debug!(project = %p, "locked through another agent; zeroized the key of project {p}");
+                }
             }
         });
     }
@@ -72,6 +90,20 @@ impl Service {
         let Some(f) = self.sealed.clone() else {
             return Ok(None);
         };
+        // Bounded: each round is one snapshot; a round that a notification overtook restored
+        // what may already be gone, so it looks again.
+        for _ in 0..3 {
+            let before = f.notices();
+            let view = self.sync_once(&f, project).await?;
+            if f.notices() == before {
+                return Ok(Some(view));
+            }
+            f.seen.lock().unwrap().remove(project);
+        }
+        Ok(Some(self.sync_once(&f, project).await?))
+    }
+
+    async fn sync_once(&self, f: &FleetKeys, project: &ProjectName) -> Result<SealView> {
         let pr = project.clone();
         let (state, hosts) = self.db(move |s| s.seal_state(&pr)).await?;
         let enrolled: Vec<(String, HostPublic)> = hosts
@@ -96,7 +128,7 @@ impl Service {
             // Nothing may reach a host no admin enrolled; its keyring stays empty.
             self.keys.lock(project);
         }
-        Ok(Some(SealView { state, enrolled }))
+        Ok(SealView { state, enrolled })
     }
 
     /// Refuses key material on a host no admin enrolled.
@@ -131,7 +163,7 @@ impl Service {
             let Some(kind) = Sealed::parse(&e.kind) else {
                 continue;
             };
-            let Some(secret) = key.open(project, kind, &e.body) else {
+            let Some(secret) = key.open(project, kind, e.expires_ms, &e.body) else {
                 tracing::warn!(project = %project, kind = %e.kind, "an envelope sealed to this host does not open; ignored");
                 continue;
             };
@@ -220,22 +252,30 @@ impl Service {
                 sealed_to: public.as_str().to_owned(),
                 from_user: from.to_owned(),
                 expires_ms,
-                body: host::seal(public, project, kind, secret),
+                body: host::seal(public, project, kind, expires_ms, secret),
             })
             .collect()
     }
 
-    /// The envelope change of a re-key's promotion: K' sealed to every enrolled host, put in
-    /// place of the envelopes of K (the store gives them K's expiry, or drops them when the
-    /// project locked meanwhile). `None` when it cannot be sealed now; the promotion then
-    /// drops the envelopes of K, which no longer opens the drives.
+    /// The envelope change of a re-key's promotion: K' sealed to every enrolled host with the
+    /// expiry of K, put in place of the envelopes of K (the store writes none when the
+    /// project locked meanwhile). When K' cannot be sealed now (this agent no longer holds it)
+    /// the promotion only drops the envelopes of K, which no longer opens the drives: the
+    /// project is locked for the fleet until the new pair unlocks it.
     pub(super) async fn rekey_plan(&self, project: &ProjectName) -> SealPlan {
         let view = self.sync_keys(project).await.ok().flatten();
         let put = view
             .and_then(|v| {
+                // K' lives as long as this host's envelope of K was to.
+                let until = v
+                    .state
+                    .mine
+                    .iter()
+                    .find(|e| e.kind == Sealed::Key.as_str())?
+                    .expires_ms;
                 self.keys
                     .with_keys(project, Instant::now(), |_, next| {
-                        next.map(|n| self.seal_to_all(project, &v, Sealed::Key, n, "", 0))
+                        next.map(|n| self.seal_to_all(project, &v, Sealed::Key, n, "", until))
                     })
                     .ok()
                     .flatten()
@@ -280,6 +320,19 @@ impl Service {
                 None => seen.remove(project),
             };
         }
+    }
+
+    /// Zeroizes every key state this agent holds (it was un-enrolled).
+    pub(super) fn forget_keys(&self) {
+        if let Some(f) = &self.sealed {
+            self.keys.forget_all();
+            f.seen.lock().unwrap().clear();
+        }
+    }
+
+    /// How many notifications of other agents' key changes arrived (0 with SQLite).
+    pub(super) fn key_notices(&self) -> u64 {
+        self.sealed.as_ref().map_or(0, |f| f.notices())
     }
 
     /// Whether this agent seals key states to the fleet.

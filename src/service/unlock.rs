@@ -89,6 +89,7 @@ impl Service {
             None => None,
         };
         let sealed_gen = plan.as_ref().and(view.as_ref()).map(|v| v.state.gen + 1);
+        let notices = self.key_notices();
         let half_name = if half == ShareHalf::Admin {
             "admin"
         } else {
@@ -153,7 +154,14 @@ impl Service {
         if sealed_gen.is_some() {
             self.sealed_at(&project, sealed_gen);
         }
-        let kind = match self.keys.apply(t).map_err(ServiceError::Share)? {
+        let applied = self.keys.apply(t).map_err(ServiceError::Share);
+        if self.key_notices() != notices {
+            // Another agent's key change arrived while this one was recorded (a lock, say):
+            // what was just applied may be gone already; the store says what holds.
+            self.sealed_at(&project, None);
+            self.sync_keys(&project).await?;
+        }
+        let kind = match applied? {
             UnlockOutcome::Pending => Some(EventKind::ProjectUnlockPending),
             UnlockOutcome::Unlocked | UnlockOutcome::UnlockedStaged => {
                 Some(EventKind::ProjectUnlocked)
@@ -333,7 +341,9 @@ impl Service {
                     tracing::warn!(project = %pr, "the shares of a re-key never reached the client; the old pair stays");
                     svc.keys.unstage(&pr);
                 }
-                Ok(false) => {}
+                // Replaced or undone meanwhile (another re-key, an unlock with the old
+                // pair): this K' is nobody's key.
+                Ok(false) => svc.keys.unstage(&pr),
                 // Nothing recorded: the re-key stays staged and both pairs keep working
                 // until one of them unlocks (DESIGN 1).
                 Err(e) => {

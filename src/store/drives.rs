@@ -111,21 +111,23 @@ impl Store {
         a: &AuditCtx<'_>,
         d: &Drive,
         wrapped: &[u8],
-        next_wrapped: Option<&[u8]>,
         key_verifier: &[u8],
+        next: Option<(&[u8], &[u8])>,
     ) -> Result<(), StoreError> {
+        let next_wrapped = next.map(|(w, _)| w);
         self.mutate(a, |tx| {
             let row = tx
                 .row(
-                    "SELECT next_verifier IS NOT NULL, verifier FROM projects WHERE name = ?1",
+                    "SELECT next_verifier, verifier FROM projects WHERE name = ?1",
                     args![d.project.as_str()],
                 )?
                 .ok_or_else(|| StoreError::Missing("Project", d.project.to_string()))?;
-            let staged = row.bool(0)?;
-            // `wrapped` must be under the project's key as it is now: a re-key promoted
-            // through another agent of a fleet since this one read its key would leave the
-            // drive under a key nobody can rebuild.
-            if staged != next_wrapped.is_some() || row.bytes(1)? != key_verifier {
+            // `wrapped` must be under the project's key as it is now, and `next` under the
+            // staged re-key's key: a re-key promoted, replaced or undone through another agent
+            // of a fleet since this one read its keys would leave the drive under a key
+            // nobody can rebuild.
+            if row.opt_bytes(0)?.as_deref() != next.map(|(_, v)| v) || row.bytes(1)? != key_verifier
+            {
                 return Err(StoreError::Changed(format!(
                     "The key of project {} changed meanwhile",
                     d.project

@@ -488,7 +488,8 @@ impl Store {
     }
 
     /// Drops a staged re-key (its pair never reached anyone, or the old pair unlocked first).
-    /// `false` when `next_verifier` is no longer the staged one.
+    /// `false` when `next_verifier` is no longer the staged one. `seal` (the unlock's
+    /// envelopes) is made either way, with the audit row.
     pub fn undo_rekey(
         &self,
         a: &AuditCtx<'_>,
@@ -501,19 +502,22 @@ impl Store {
                 "UPDATE projects SET next_verifier = NULL WHERE name = ?1 AND next_verifier = ?2",
                 args![project.as_str(), next_verifier],
             )?;
-            if n == 0 {
-                return Ok(None);
+            if n > 0 {
+                tx.exec(
+                    "UPDATE drives SET next_wrapped = NULL WHERE project = ?1",
+                    args![project.as_str()],
+                )?;
             }
-            tx.exec(
-                "UPDATE drives SET next_wrapped = NULL WHERE project = ?1",
-                args![project.as_str()],
-            )?;
-            if let Some(plan) = seal {
-                self.apply_seal(tx, plan)?;
-            }
-            Ok(Some(true))
+            // The unlock that drops the re-key seals its K whether or not the re-key was
+            // still there to drop.
+            match seal {
+                Some(plan) => self.apply_seal(tx, plan)?,
+                None if n == 0 => return Ok(None),
+                None => 0,
+            };
+            Ok(Some(n > 0))
         })
-        .map(|o| o.is_some())
+        .map(|o| o.unwrap_or(false))
     }
 
     /// Wrapped passphrases of every drive in a project: (id, current, staged re-key).

@@ -13,8 +13,8 @@ use super::sql::{args, Db};
 use super::{Store, StoreError};
 use crate::model::{ProjectName, VmId};
 
-/// The channel that tells every agent a project's envelopes changed (payload: host, newline,
-/// project).
+/// The channel that tells every agent a project's envelopes changed (payload: host, project
+/// and what changed, one per line).
 pub(super) const KEYS_CHANNEL: &str = "vmwarden_keys";
 
 /// One sealed secret for one host.
@@ -67,8 +67,9 @@ pub struct SealPlan {
     pub drop: Discard,
     /// What comes.
     pub put: Vec<Envelope>,
-    /// A re-key's promotion: the `key` envelopes are replaced by `put`, which take their
-    /// expiry, and nothing is put when there were none (the project locked meanwhile).
+    /// A re-key's promotion: the `key` envelopes are replaced by `put` (sealed with the
+    /// expiry of this host's envelope of K), and nothing is put when there were none (the
+    /// project locked meanwhile).
     pub rekey: bool,
 }
 
@@ -184,7 +185,7 @@ impl Store {
                     args![p.as_str()],
                 )?;
                 if shared {
-                    notify_keys(db, self.host(), p)?;
+                    notify_keys(db, self.host(), p, &format!("unenroll:{host}"))?;
                 }
             }
             Ok(Some(n))
@@ -347,20 +348,14 @@ impl Store {
                 "The key of project {project} changed through another host meanwhile; try again"
             )));
         }
-        let mut expiry = None;
+        // A re-key's promotion: K's envelopes give way to K''s, which are written only where
+        // K's were (none: the project locked meanwhile, and stays locked).
+        let mut had_key = true;
         if plan.rekey {
-            expiry = db
-                .row(
-                    "SELECT MAX(expires_ms) FROM envelopes WHERE project = ?1 AND kind = 'key'",
-                    args![project],
-                )?
-                .map(|r| r.opt_int(0))
-                .transpose()?
-                .flatten();
-            db.exec(
+            had_key = db.exec(
                 "DELETE FROM envelopes WHERE project = ?1 AND kind = 'key'",
                 args![project],
-            )?;
+            )? > 0;
         }
         let dropped = match plan.drop {
             Discard::Nothing => 0,
@@ -370,27 +365,22 @@ impl Store {
             )?,
             Discard::All => db.exec("DELETE FROM envelopes WHERE project = ?1", args![project])?,
         } as i64;
-        for e in &plan.put {
-            let expires = if plan.rekey {
-                match expiry {
-                    Some(x) => x,
-                    None => continue,
-                }
-            } else {
-                e.expires_ms
-            };
+        for e in plan.put.iter().filter(|_| had_key) {
             // Only a host enrolled with the very key the envelope was sealed to receives it
-            // (un-enrolled or re-keyed meanwhile: nothing is written for it).
+            // (un-enrolled or re-keyed meanwhile: nothing is written for it). An expired
+            // envelope not yet purged gives way.
             db.exec(
                 "INSERT INTO envelopes (project, kind, host, from_user, expires_ms, body)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS
-                    (SELECT 1 FROM hosts WHERE name = ?3 AND enrolled = ?7 AND pubkey = ?8)",
+                    (SELECT 1 FROM hosts WHERE name = ?3 AND enrolled = ?7 AND pubkey = ?8)
+                 ON CONFLICT (project, kind, host) DO UPDATE SET from_user = excluded.from_user,
+                    expires_ms = excluded.expires_ms, body = excluded.body",
                 args![
                     project,
                     e.kind.as_str(),
                     e.host.as_str(),
                     e.from_user.as_str(),
-                    expires,
+                    e.expires_ms,
                     e.body.as_slice(),
                     true,
                     e.sealed_to.as_str()
@@ -402,7 +392,12 @@ impl Store {
             args![project],
         )?;
         if self.is_shared() {
-            notify_keys(db, self.host(), project)?;
+            let what = if plan.drop == Discard::All {
+                "lock"
+            } else {
+                "change"
+            };
+            notify_keys(db, self.host(), project, what)?;
         }
         Ok(dropped)
     }
@@ -437,10 +432,12 @@ fn host_rows(db: &dyn Db) -> Result<Vec<HostKeyRow>, StoreError> {
     .collect()
 }
 
-fn notify_keys(db: &dyn Db, host: &str, project: &str) -> Result<(), StoreError> {
+/// Tells every agent that `project`'s envelopes changed: `what` is `lock` (zeroize at once),
+/// `unenroll:<host>` (that host zeroizes everything) or `change` (look again at next use).
+fn notify_keys(db: &dyn Db, host: &str, project: &str, what: &str) -> Result<(), StoreError> {
     db.exec(
         "SELECT pg_notify(?1, ?2)",
-        args![KEYS_CHANNEL, format!("{host}\n{project}")],
+        args![KEYS_CHANNEL, format!("{host}\n{project}\n{what}")],
     )?;
     Ok(())
 }

@@ -218,7 +218,7 @@ fn failed_mutation_leaves_no_audit_row() {
 fn rule7_owners_follow_drives_and_detach_keeps_it_for_the_detacher() {
     for (_d, s) in setups() {
         let (d1, vid) = (DriveId::new_random(), VmId::new_random());
-        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None, b"v")
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", b"v", None)
             .unwrap();
         s.create_vm(&ctx("vm.create"), &vm(vid, vec![d1])).unwrap();
         assert_eq!(s.vm(vid).unwrap().unwrap().drives, vec![d1]);
@@ -249,7 +249,7 @@ fn rule7_owners_follow_drives_and_detach_keeps_it_for_the_detacher() {
 fn a_drive_attaches_to_one_vm_only() {
     for (_d, s) in setups() {
         let d1 = DriveId::new_random();
-        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None, b"v")
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", b"v", None)
             .unwrap();
         let (v1, v2) = (VmId::new_random(), VmId::new_random());
         s.create_vm(&ctx("vm.create"), &vm(v1, vec![d1])).unwrap();
@@ -326,16 +326,16 @@ fn names_are_unique_only_among_what_the_creator_sees() {
         );
         let mut a = drive(d1, "alice");
         a.name = DriveName::parse("data").unwrap();
-        s.create_drive(&ctx("drive.create"), &a, b"w", None, b"v")
+        s.create_drive(&ctx("drive.create"), &a, b"w", b"v", None)
             .unwrap();
         let mut b = drive(d2, "bob");
         b.name = a.name.clone();
-        s.create_drive(&ctx("drive.create"), &b, b"w", None, b"v")
+        s.create_drive(&ctx("drive.create"), &b, b"w", b"v", None)
             .unwrap();
         let mut again = drive(d3, "alice");
         again.name = a.name.clone();
         assert!(matches!(
-            s.create_drive(&ctx("drive.create"), &again, b"w", None, b"v"),
+            s.create_drive(&ctx("drive.create"), &again, b"w", b"v", None),
             Err(StoreError::Exists(_))
         ));
         let v1 = VmId::new_random();
@@ -358,7 +358,7 @@ fn removing_a_member_drops_roles_and_hands_over_ownership() {
         s.add_member(&ctx("project.member_add"), &p(), &n("carol"))
             .unwrap();
         let (d1, v) = (DriveId::new_random(), VmId::new_random());
-        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", None, b"v")
+        s.create_drive(&ctx("drive.create"), &drive(d1, "alice"), b"w", b"v", None)
             .unwrap();
         s.create_vm(&ctx("vm.create"), &vm(v, vec![d1])).unwrap();
         s.set_role(&ctx("vm.share"), v, &n("bob"), Some(Role::User))
@@ -415,8 +415,8 @@ fn staged_rekey_promotes_or_undoes_whole() {
             &ctx("drive.create"),
             &drive(d1, "alice"),
             b"old",
-            None,
             b"v",
+            None,
         )
         .unwrap();
         assert!(matches!(
@@ -432,18 +432,29 @@ fn staged_rekey_promotes_or_undoes_whole() {
                 &ctx("drive.create"),
                 &drive(d2, "alice"),
                 b"old",
-                None,
-                b"v"
+                b"v",
+                None
             )
             .is_err());
-        // A drive wrapped under a key that is no longer the project's is refused.
+        // A drive wrapped under a key that is no longer the project's, or under another
+        // re-key than the staged one, is refused.
         assert!(matches!(
             s.create_drive(
                 &ctx("drive.create"),
                 &drive(d2, "alice"),
                 b"old",
-                Some(b"new"),
+                b"v",
+                Some((b"new", b"v3")),
+            ),
+            Err(StoreError::Changed(_))
+        ));
+        assert!(matches!(
+            s.create_drive(
+                &ctx("drive.create"),
+                &drive(d2, "alice"),
+                b"old",
                 b"v0",
+                Some((b"new", b"v2")),
             ),
             Err(StoreError::Changed(_))
         ));
@@ -451,8 +462,8 @@ fn staged_rekey_promotes_or_undoes_whole() {
             &ctx("drive.create"),
             &drive(d2, "alice"),
             b"old",
-            Some(b"new"),
             b"v",
+            Some((b"new", b"v2")),
         )
         .unwrap();
         assert!(!s.promote_rekey(&ctx("r"), &p(), b"other", None).unwrap());
@@ -504,7 +515,7 @@ fn image_intents_cover_files_without_rows() {
         let d = drive(DriveId::new_random(), "alice");
         s.intend_image(d.storage).unwrap();
         assert_eq!(s.storages().unwrap(), (vec![], vec![d.storage], vec![]));
-        s.create_drive(&ctx("drive.create"), &d, b"w", None, b"v")
+        s.create_drive(&ctx("drive.create"), &d, b"w", b"v", None)
             .unwrap();
         assert_eq!(s.storages().unwrap(), (vec![d.storage], vec![], vec![]));
         let storage = s.delete_drive(&ctx("drive.delete"), d.id).unwrap();
@@ -691,6 +702,7 @@ fn envelopes_reach_only_enrolled_hosts_and_follow_the_project_state() {
             Discard::Nothing,
             vec![
                 envelope("h1", "age1a", "key", far),
+                envelope("h1", "age1x", "admin", far),
                 envelope("h2", "age1b", "key", far),
             ],
             false,
@@ -709,7 +721,8 @@ fn envelopes_reach_only_enrolled_hosts_and_follow_the_project_state() {
         Err(StoreError::Changed(_))
     ));
     assert_eq!(a.seal_state(&p()).unwrap().0.mine.len(), 1);
-    // A re-key: K' takes K's expiry, on every enrolled host.
+    // A re-key: K''s envelopes replace K's, on every enrolled host (with the expiry the
+    // promoting agent sealed, its own envelope's).
     assert!(b.enroll(&ctx("host.enroll"), "h2", "age1b").unwrap());
     a.record_seal(
         &ctx("project.resplit_delivered"),
@@ -718,13 +731,14 @@ fn envelopes_reach_only_enrolled_hosts_and_follow_the_project_state() {
             None,
             Discard::Nothing,
             vec![
-                envelope("h1", "age1a", "key", 0),
-                envelope("h2", "age1b", "key", 0),
+                envelope("h1", "age1a", "key", far),
+                envelope("h2", "age1b", "key", far),
             ],
             true,
         ),
     )
     .unwrap();
+    assert_eq!(a.seal_state(&p()).unwrap().0.mine[0].body, b"sealed for h1");
     let mine = b.seal_state(&p()).unwrap().0.mine;
     assert_eq!((mine.len(), mine[0].expires_ms), (1, far));
     // A lock drops everything; a re-key after it writes nothing.
@@ -773,7 +787,21 @@ fn envelopes_reach_only_enrolled_hosts_and_follow_the_project_state() {
     assert_eq!(a.unenroll(&ctx("host.unenroll"), "h2").unwrap(), Some(1));
     assert_eq!(a.unenroll(&ctx("host.unenroll"), "h2").unwrap(), None);
     assert!(b.enroll(&ctx("host.enroll"), "h2", "age1b").unwrap());
+    let gen = a.seal_state(&p()).unwrap().0.gen;
+    a.record_seal(
+        &ctx("project.unlock"),
+        "ok",
+        &plan(
+            Some(gen),
+            Discard::All,
+            vec![envelope("h2", "age1b", "key", far)],
+            false,
+        ),
+    )
+    .unwrap();
+    assert_eq!(b.seal_state(&p()).unwrap().0.mine.len(), 1);
     assert!(b.publish_host_key("age1c").unwrap());
+    assert!(b.seal_state(&p()).unwrap().0.mine.is_empty());
     let keys = a.host_keys().unwrap();
     let h2 = keys.iter().find(|h| h.name == "h2").unwrap();
     assert_eq!((h2.pubkey.as_deref(), h2.enrolled), (Some("age1c"), false));
