@@ -171,10 +171,12 @@ fn pass_as_fd3(cmd: &mut Command, fd: RawFd) {
     }
 }
 
-fn wait_exists(p: &Path, within: Duration) -> bool {
+/// Waits until the daemon's own socket accepts a connection: the path exists from `bind`,
+/// a moment before `listen`, and a connect in between is refused.
+fn wait_listening(p: &Path, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if p.exists() {
+        if std::os::unix::net::UnixStream::connect(p).is_ok() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -245,7 +247,7 @@ fn ignores_listen_fds_meant_for_another_process() {
     cmd.env("LISTEN_FDS", "1").env("LISTEN_PID", "1");
     s.spawn(cmd);
     assert!(
-        wait_exists(&s.own_socket, Duration::from_secs(20)),
+        wait_listening(&s.own_socket, Duration::from_secs(20)),
         "{}",
         s.log()
     );
@@ -393,7 +395,7 @@ fn audit_events_are_native_journal_entries_with_fields() {
         .stderr(log);
     s.spawn(cmd);
     assert!(
-        wait_exists(&s.own_socket, Duration::from_secs(20)),
+        wait_listening(&s.own_socket, Duration::from_secs(20)),
         "{}",
         s.log()
     );
