@@ -50,23 +50,6 @@ impl Fleet {
     }
 }
 
-/// `vmwarden args` (as root) against one agent's socket; its standard output.
-fn cli(d: &Daemon, args: &[&str]) -> String {
-    let o = std::process::Command::new(bin("vmwarden"))
-        .env("VMWARDEN_SOCKET", &d.socket)
-        .env("TZ", "UTC")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn names(r: &Resp) -> Vec<String> {
     r.body
         .as_array()

@@ -88,22 +88,6 @@ fn envelopes(d: &Daemon) -> Vec<(String, String, (i64, Vec<u8>))> {
     .collect()
 }
 
-/// `vmwarden args` (as root) against one agent's socket; its standard output.
-fn cli(d: &Daemon, args: &[&str]) -> String {
-    let o = std::process::Command::new(bin("vmwarden"))
-        .env("VMWARDEN_SOCKET", &d.socket)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn host_key(d: &Daemon) -> HostKey {
     HostKey::load_or_create(&d.state().join("host-key")).unwrap()
 }

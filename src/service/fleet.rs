@@ -173,18 +173,11 @@ impl Service {
         };
         let actual = crate::keys::host::fingerprint(&pubkey);
         if actual.as_bytes() != fingerprint.trim().as_bytes() {
-            let (actor, h) = (p.clone(), host.clone());
-            self.db(move |s| {
-                s.audit_outcome(
-                    &audit(&actor, AuditAction::HostEnroll, h, None),
-                    "denied:fingerprint_mismatch",
-                )
-            })
-            .await?;
-            return Err(conflict(
+            let e = conflict(
                 ConflictCode::FingerprintMismatch,
                 format!("Host {host} published a key with another fingerprint ({actual}); compare it on the host before enrolling"),
-            ));
+            );
+            return Err(self.refuse(p, AuditAction::HostEnroll, host, e).await);
         }
         let (actor, h) = (p.clone(), host.clone());
         self.db(move |s| {
@@ -235,18 +228,11 @@ impl Service {
             .iter()
             .any(|h| h.name == host && !self.is_down(h, now))
         {
-            let (actor, h) = (p.clone(), host.clone());
-            self.db(move |s| {
-                s.audit_outcome(
-                    &audit(&actor, AuditAction::HostFence, h, None),
-                    "denied:host_up",
-                )
-            })
-            .await?;
-            return Err(conflict(
+            let e = conflict(
                 ConflictCode::HostUp,
                 format!("Host {host} heartbeats; only a host that is down (no heartbeat for [fleet] host_dead_after) and powered off may be fenced"),
-            ));
+            );
+            return Err(self.refuse(p, AuditAction::HostFence, host, e).await);
         }
         let (actor, h) = (p.clone(), host.clone());
         let fenced = self

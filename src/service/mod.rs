@@ -253,6 +253,25 @@ impl Service {
     }
 
     /// Records a failed attempt; a failure to record is logged (the attempt changed nothing).
+    /// Records a refusal `denied:<code>` of `e` in its own transaction, then hands `e` back
+    /// for the caller to return (a rule of the fleet or of the key state said no).
+    async fn refuse(
+        &self,
+        p: &Principal,
+        action: AuditAction,
+        target: String,
+        e: ServiceError,
+    ) -> ServiceError {
+        let (actor, outcome) = (p.clone(), format!("denied:{}", e.code()));
+        match self
+            .db(move |s| s.audit_outcome(&audit(&actor, action, target, None), &outcome))
+            .await
+        {
+            Ok(()) => e,
+            Err(err) => err,
+        }
+    }
+
     async fn audit_failure(
         &self,
         p: &Principal,

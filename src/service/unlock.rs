@@ -57,15 +57,8 @@ impl Service {
         let row = f.gate(self, p, &action)?;
         let view = self.sync_keys(&project).await?;
         if let Err(e) = self.must_be_enrolled(&view) {
-            let (actor, pr, code) = (p.clone(), project.clone(), e.code());
-            self.db(move |s| {
-                s.audit_outcome(
-                    &audit(&actor, AuditAction::ProjectUnlock, pr.to_string(), None),
-                    &format!("denied:{code}"),
-                )
-            })
-            .await?;
-            return Err(e);
+            let target = project.to_string();
+            return Err(self.refuse(p, AuditAction::ProjectUnlock, target, e).await);
         }
         let who = Submitter {
             name: p.name.clone(),

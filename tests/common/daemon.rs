@@ -47,6 +47,23 @@ pub struct Opts {
     pub unenrolled: bool,
 }
 
+/// `vmwarden args` (as root, times in UTC) against one daemon's socket; its standard output.
+pub fn cli(d: &Daemon, args: &[&str]) -> String {
+    let o = Command::new(bin("vmwarden"))
+        .env("VMWARDEN_SOCKET", &d.socket)
+        .env("TZ", "UTC")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "vmwardend" => PathBuf::from(env!("CARGO_BIN_EXE_vmwardend")),
